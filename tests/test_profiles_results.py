@@ -1,0 +1,86 @@
+"""Profiles, seeds, results files and confidence intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mass_ref import (
+    MamlSineSizes,
+    load_results,
+    mean_ci95,
+    profile_sizes,
+    resolve_profile,
+    sample_sine_tasks,
+    save_results,
+    seed_everything,
+)
+
+
+def test_resolve_profile_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASS_PROFILE", "smoke")
+    assert resolve_profile() == "smoke"
+    monkeypatch.setenv("MASS_PROFILE", "auto")
+    assert resolve_profile() == ("gpu" if torch.cuda.is_available() else "cpu")
+    assert resolve_profile("CPU") == "cpu"  # an explicit argument wins and is case-insensitive
+
+
+def test_unknown_profile_is_named_with_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASS_PROFILE", "laptop")
+    with pytest.raises(ValueError, match=r"'laptop'.*smoke"):
+        resolve_profile()
+
+
+def test_profile_sizes_grow_from_smoke_to_gpu() -> None:
+    smoke, cpu, gpu = (profile_sizes("01_maml_sine", p) for p in ("smoke", "cpu", "gpu"))
+    assert isinstance(cpu, MamlSineSizes)
+    assert smoke.meta_iterations < cpu.meta_iterations <= gpu.meta_iterations
+    assert cpu.n_eval_tasks >= 100  # the chapter's CIs are over at least 100 held-out tasks
+    with pytest.raises(ValueError, match="no sizes"):
+        profile_sizes("99_missing")
+
+
+def test_same_seed_same_numbers() -> None:
+    a = sample_sine_tasks(4, 5, 5, generator=seed_everything(7))
+    b = sample_sine_tasks(4, 5, 5, generator=seed_everything(7))
+    c = sample_sine_tasks(4, 5, 5, generator=seed_everything(8))
+    assert torch.equal(a.y_query, b.y_query) and not torch.equal(a.y_query, c.y_query)
+    with pytest.raises(ValueError, match="seed"):
+        seed_everything(-1)
+
+
+def test_sine_tasks_follow_the_paper_ranges() -> None:
+    tasks = sample_sine_tasks(2000, 10, 3, generator=seed_everything(0))
+    assert 0.1 <= tasks.amplitude.min() and tasks.amplitude.max() <= 5.0
+    assert 0.0 <= tasks.phase.min() and tasks.phase.max() <= math.pi
+    assert -5.0 <= tasks.x_support.min() and tasks.x_support.max() <= 5.0
+    expected = tasks.amplitude[:, None, None] * torch.sin(tasks.x_support - tasks.phase[:, None, None])
+    assert torch.allclose(tasks.y_support, expected)
+    assert tasks.x_support.shape == (2000, 10, 1) and len(tasks[3:5]) == 2
+    with pytest.raises(ValueError, match="k_support"):
+        sample_sine_tasks(2, 0, 3, generator=seed_everything(0))
+
+
+def test_save_results_writes_flat_json(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASS_REF_ROOT", str(tmp_path))
+    path = save_results("00_demo", {"mse": 0.5, "n": 3, "profile": "smoke"}, profile="smoke")
+    assert path == tmp_path / "results" / "smoke" / "00_demo.json"
+    assert json.loads(path.read_text()) == {"mse": 0.5, "n": 3, "profile": "smoke"}
+    assert load_results("00_demo", "smoke")["n"] == 3
+    with pytest.raises(ValueError, match="'nested'"):
+        save_results("00_demo", {"nested": {"a": 1}}, profile="smoke")
+    with pytest.raises(ValueError, match="'bad'"):
+        save_results("00_demo", {"bad": float("nan")}, profile="smoke")
+
+
+def test_mean_ci95_matches_the_t_interval() -> None:
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    mean, half = mean_ci95(values)
+    assert mean == 2.5
+    assert half == pytest.approx(3.182446305284263 * values.std(ddof=1) / 2.0)  # t_{0.975, 3} = 3.1824
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_ci95([1.0])
