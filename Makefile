@@ -1,0 +1,45 @@
+# The two commands of README.md:
+#   make run    the main job: set up .venv and execute every notebook (MASS_PROFILE=auto|smoke|cpu|gpu)
+#   make test   unit tests + every notebook under nbval (smoke profile) + the docs build
+PYTHON        ?= python3
+VENV          ?= .venv
+# A pinned torch for fresh environments: a CPU wheel on CPU machines. Package metadata keeps >= only.
+TORCH_VERSION ?= 2.13.0
+MASS_PROFILE  ?= auto
+BIN           := $(VENV)/bin
+
+.PHONY: run test lab docs refresh-outputs benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install -q -e ".[notebooks]"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[notebooks,dev]"
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/python scripts/run_notebooks.py --profile $(MASS_PROFILE)
+
+test: $(VENV)/.installed-dev
+	MASS_PROFILE=smoke $(BIN)/python -m pytest
+
+# Optional: JupyterLab on notebooks/.
+lab: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[notebooks,lab]"
+	$(BIN)/jupyter lab notebooks/
+
+# Maintainers: re-execute the notebooks in the cpu profile and store their outputs in place.
+refresh-outputs: $(VENV)/.installed
+	$(BIN)/python scripts/run_notebooks.py --profile cpu --inplace
+
+docs: $(VENV)/.installed-dev
+	$(BIN)/mkdocs build --strict
+
+benchmark: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_inner_loop.py
+
+clean:
+	rm -rf build site results/smoke figures/smoke
