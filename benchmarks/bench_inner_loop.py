@@ -1,6 +1,6 @@
 """Meta-iteration time on the chapter-1 setup: higher's per-task loop vs one torch.func vmap.
 
-    python benchmarks/bench_inner_loop.py [--iterations 50] [--meta-batch-size 25] [--threads N]
+    python benchmarks/bench_inner_loop.py [--iterations 200] [--meta-batch-size 25] [--threads N]
 
 A meta-iteration is what `meta_train_maml` does per outer step: sample a meta-batch of sine tasks
 (K=10 support + 10 query), compute the MAML meta-gradient through one inner SGD step, take an
@@ -25,7 +25,7 @@ def seconds_per_iteration(method: str, first_order: bool, args: argparse.Namespa
     generator = seed_everything(args.seed)
     kwargs = dict(meta_batch_size=args.meta_batch_size, k_shot=10, inner_lr=0.01, outer_lr=1e-3,
                   generator=generator, first_order=first_order, method=method, progress=False)
-    meta_train_maml(model, iterations=3, **kwargs)  # warm-up
+    meta_train_maml(model, iterations=20, **kwargs)  # warm-up
     start = time.perf_counter()
     meta_train_maml(model, iterations=args.iterations, **kwargs)
     return (time.perf_counter() - start) / args.iterations
@@ -33,7 +33,7 @@ def seconds_per_iteration(method: str, first_order: bool, args: argparse.Namespa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--meta-batch-size", type=int, default=25)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,1 @@
+# Repository-root conftest: makes `solutions/` (exercise solutions, checked by tests) importable.
