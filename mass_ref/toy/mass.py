@@ -259,8 +259,9 @@ def train_toy_mass(
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()}, "rng": rng.get_state(),
             })
 
-    label = f"MASS ({config.outer_mode}{'' if config.train_generator else ', scorer only'}" \
-            f"{'' if config.train_scorer else ', generator only'})"
+    parts = [config.outer_mode, *([] if config.train_generator else ["scorer only"]),
+             *([] if config.train_scorer else ["generator only"])]
+    label = f"MASS ({', '.join(parts)})"
     bar = tqdm(range(len(history), steps), desc=label, disable=not progress, mininterval=5.0, initial=len(history),
                total=steps)
     for step in bar:
