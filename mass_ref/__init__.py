@@ -6,8 +6,26 @@ The public API, grouped by the notebook that introduces it:
 * 01 MAML on sine: :func:`inner_adapt` (the differentiable inner loop, backends ``higher`` and
   ``torch.func``), the sine task family, MAML training, baselines and evaluation; profiles, seeds
   and results files.
+* 02 Meta-gradients through data: :func:`example_attributions` (∂L_outer/∂w_i through the inner
+  loop), its first-order approximation, leave-one-out re-adaptation, and :func:`distill_examples`
+  (synthetic examples learned through the inner loop).
+* 03 MASS in miniature: the subpackage :mod:`mass_ref.toy` (generator, scorer, attribution rewards,
+  gold and verifier outer losses, resumable meta-training), GRPO's advantages and clipped loss,
+  and checkpoints.
 """
 
+from mass_ref.attribution import (
+    alignment_attributions,
+    example_attributions,
+    leave_one_out_changes,
+    query_loss_after_adapting,
+    roc_auc,
+    spearman,
+)
+from mass_ref import toy
+from mass_ref.checkpoint import load_checkpoint, save_checkpoint
+from mass_ref.distill import DistilledExamples, adapted_task_losses, distill_examples
+from mass_ref.grpo import clipped_policy_loss, group_advantages
 from mass_ref.inner import BACKENDS, AdaptedModel, inner_adapt, weighted_inner_loss
 from mass_ref.maml import (
     adam_train,
@@ -21,7 +39,14 @@ from mass_ref.maml import (
     time_meta_gradient,
     tune_inner_lr,
 )
-from mass_ref.profiles import PROFILES, MamlSineSizes, profile_sizes, resolve_profile
+from mass_ref.profiles import (
+    PROFILES,
+    AttributionSizes,
+    MamlSineSizes,
+    MassToySizes,
+    profile_sizes,
+    resolve_profile,
+)
 from mass_ref.results import (
     figure_path,
     load_results,
@@ -36,15 +61,26 @@ from mass_ref.tasks.sine import SineTasks, sample_sine_tasks, sine_function
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS",
-    "PROFILES",
     "AdaptedModel",
+    "AttributionSizes",
+    "BACKENDS",
+    "DistilledExamples",
     "MamlSineSizes",
+    "MassToySizes",
+    "PROFILES",
     "SineTasks",
     "adam_train",
     "adaptation_curve",
+    "adapted_task_losses",
+    "alignment_attributions",
+    "clipped_policy_loss",
+    "distill_examples",
+    "example_attributions",
     "figure_path",
+    "group_advantages",
     "inner_adapt",
+    "leave_one_out_changes",
+    "load_checkpoint",
     "load_results",
     "maml_loss",
     "mean_ci95",
@@ -54,14 +90,19 @@ __all__ = [
     "pretrain_on_all_tasks",
     "profile_sizes",
     "project_root",
+    "query_loss_after_adapting",
     "resolve_profile",
     "results_path",
+    "roc_auc",
     "sample_sine_tasks",
+    "save_checkpoint",
     "save_results",
     "seed_everything",
     "sine_function",
     "sine_mlp",
+    "spearman",
     "time_meta_gradient",
+    "toy",
     "tune_inner_lr",
     "weighted_inner_loss",
 ]

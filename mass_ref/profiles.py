@@ -61,11 +61,67 @@ class MamlSineSizes:
     timing_repeats: int
 
 
+@dataclass(frozen=True)
+class AttributionSizes:
+    """Sizes for notebooks/02_metagradients_through_data.ipynb (attribution and distillation).
+
+    Attributes:
+        meta_iterations: Adam steps of MAML that train the learner whose data we attribute.
+        n_tasks: held-out tasks for the leave-one-out and first-order comparisons.
+        n_fd_tasks: tasks whose attributions are checked by finite differences.
+        n_corruption_tasks: tasks with corrupted labels for the harmful-data detection.
+        n_distill_tasks: tasks whose synthetic examples are learned (all at once, with vmap).
+        distill_iterations: Adam steps on the synthetic examples.
+        n_query: query points per task on which losses are measured.
+    """
+
+    meta_iterations: int
+    n_tasks: int
+    n_fd_tasks: int
+    n_corruption_tasks: int
+    n_distill_tasks: int
+    distill_iterations: int
+    n_query: int
+
+
+@dataclass(frozen=True)
+class MassToySizes:
+    """Sizes for notebooks/03_mass_toy.ipynb (MASS in miniature).
+
+    Attributes:
+        base_iterations: MAML steps that pretrain the learner (the "base model").
+        labeler_iterations: Adam steps that pretrain the generator's own labeller.
+        meta_steps: MASS meta-steps per meta-training run.
+        meta_batch_size: problems per meta-step.
+        n_eval_problems: held-out problems per seed (the issue asks for >= 200).
+        n_seeds: independent meta-training runs per method (the issue asks for >= 3).
+        checkpoint_every: meta-steps between checkpoints.
+    """
+
+    base_iterations: int
+    labeler_iterations: int
+    meta_steps: int
+    meta_batch_size: int
+    n_eval_problems: int
+    n_seeds: int
+    checkpoint_every: int
+
+
 _SIZES: dict[str, dict[str, Any]] = {
     "01_maml_sine": {
         "smoke": MamlSineSizes(300, 10, 300, 100, 50, 3),
         "cpu": MamlSineSizes(12_000, 25, 12_000, 300, 100, 20),
         "gpu": MamlSineSizes(70_000, 25, 70_000, 1_000, 100, 50),
+    },
+    "02_metagradients_through_data": {
+        "smoke": AttributionSizes(300, 20, 2, 30, 20, 50, 50),
+        "cpu": AttributionSizes(12_000, 500, 10, 1_000, 500, 1_000, 100),
+        "gpu": AttributionSizes(40_000, 1_000, 20, 2_000, 1_000, 2_000, 100),
+    },
+    "03_mass_toy": {
+        "smoke": MassToySizes(300, 300, 10, 8, 50, 3, 5),
+        "cpu": MassToySizes(12_000, 3_000, 600, 32, 300, 3, 100),
+        "gpu": MassToySizes(70_000, 10_000, 5_000, 64, 1_000, 5, 500),
     },
 }
 
