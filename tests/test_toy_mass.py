@@ -82,7 +82,8 @@ def test_attributions_match_finite_differences(num_inner_steps: int) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("outer_mode", "oracle"), ("num_synthetic", 1), ("num_inner_steps", 0), ("meta_batch_size", 0),
-     ("inner_lr", 0.0), ("clip_eps", -0.1), ("gamma_solve", -1.0), ("num_answers", 1), ("tolerance", 0.0)],
+     ("inner_lr", 0.0), ("clip_eps", -0.1), ("gamma_solve", -1.0), ("num_answers", 1), ("tolerance", 0.0),
+     ("backend", "jax")],
 )
 def test_config_names_the_bad_field(field: str, value) -> None:
     with pytest.raises(ValueError, match=field):
@@ -166,3 +167,25 @@ def test_pathwise_gradient_matches_finite_differences() -> None:
             down = loss()
             bias[j] += eps
         assert grad[j].item() == pytest.approx(((up - down) / (2 * eps)).item(), rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("outer_mode", ["gold", "verifier"])
+def test_higher_and_torch_func_backends_agree(outer_mode: str) -> None:
+    torch.manual_seed(0)
+    learner, scorer = sine_mlp(dtype=torch.float64), SineScorer().double()
+    batch = problems(3, dtype=torch.float64)
+    x = torch.rand(3, 5, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 10 - 5
+    y = batch.true_labels(x) - 0.2
+    results = {}
+    for backend in ("higher", "torch.func"):
+        config = ToyMassConfig(outer_mode=outer_mode, num_inner_steps=2, inner_lr=0.05, backend=backend)
+        weights = scorer(batch, x, y)
+        loss, prediction, attribution = synthetic_attributions(learner, batch, x, y, weights, config,
+                                                               generator=torch.Generator().manual_seed(9),
+                                                               keep_graph=True)
+        grads = torch.autograd.grad(loss, list(scorer.parameters()))
+        results[backend] = (loss.detach(), prediction.detach(), attribution, grads)
+    for a, b in zip(results["higher"][:3], results["torch.func"][:3]):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)
+    for a, b in zip(results["higher"][3], results["torch.func"][3]):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)

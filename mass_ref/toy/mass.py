@@ -4,7 +4,7 @@ For a meta-batch of problems T_b, one meta-step does
 
 1. generate: (x_bi, y_bi) ~ π_ψ(· | T_b), i = 1..m                           (no gradient to ψ here)
 2. score:    s_bi = s_η(T_b, x_bi, y_bi)                                      (or uniform 1/m)
-3. adapt:    θ'_b = θ − α ∇_θ Σ_i s_bi ℓ(θ; x_bi, y_bi), K steps               (inner_adapt, vmap over b)
+3. adapt:    θ'_b = θ − α ∇_θ Σ_i s_bi ℓ(θ; x_bi, y_bi), K steps        (inner_adapt: higher, or vmap over b)
 4. outer:    L_b = (f_θ'_b(x*_b) − y*_b)²                          (gold: MASS_gold)
              L_b = − mean_j A_bj log N(ŷ_bj; f_θ'_b(x*_b), σ²),  ŷ_bj ~ that Normal,
                    A_bj = group-normalised 1[|ŷ_bj − y*_b| < tol]             (verifier: MASS, GRPO)
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from mass_ref.checkpoint import load_checkpoint, save_checkpoint
 from mass_ref.grpo import clipped_policy_loss, group_advantages
-from mass_ref.inner import inner_adapt
+from mass_ref.inner import BACKENDS, inner_adapt
 from mass_ref.maml import mse_per_example
 from mass_ref.toy.generator import SineGenerator
 from mass_ref.toy.problems import SineProblems, sample_sine_problems
@@ -55,6 +55,8 @@ class ToyMassConfig:
         num_answers: k answers sampled per problem in verifier mode.
         answer_std: σ of the learner's answer distribution N(f_θ'(x*), σ²) in verifier mode.
         tolerance: an answer passes the verifier when |ŷ − y*| < tolerance.
+        backend: inner-loop backend, "higher" (one problem at a time; the design choice) or
+            "torch.func" (all problems in one vmap; same numbers, much faster on small learners).
     """
 
     outer_mode: str = "gold"
@@ -72,6 +74,7 @@ class ToyMassConfig:
     num_answers: int = 8
     answer_std: float = 0.5
     tolerance: float = 0.5
+    backend: str = "higher"
 
     def __post_init__(self) -> None:
         if self.outer_mode not in OUTER_MODES:
@@ -85,6 +88,8 @@ class ToyMassConfig:
         for name in ("inner_lr", "generator_lr", "scorer_lr", "clip_eps", "answer_std", "tolerance"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}.")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {self.backend!r}.")
         if self.gamma_solve < 0:
             raise ValueError(f"gamma_solve must be >= 0; got {self.gamma_solve!r}.")
 
@@ -95,17 +100,30 @@ def frozen_params(learner: nn.Module) -> dict[str, Tensor]:
 
 
 def adapt_and_predict(
-    learner: nn.Module, problems: SineProblems, x: Tensor, y: Tensor, weights: Tensor, *, inner_lr: float, num_steps: int
+    learner: nn.Module,
+    problems: SineProblems,
+    x: Tensor,
+    y: Tensor,
+    weights: Tensor,
+    *,
+    inner_lr: float,
+    num_steps: int,
+    backend: str = "torch.func",
 ) -> Tensor:
-    """f_θ'(x*) per problem after weighted SGD on its synthetic set: ``x, y [B, m, 1]``, ``weights [B, m]`` → ``[B]``."""
+    """f_θ'(x*) per problem after weighted SGD on its synthetic set: ``x, y [B, m, 1]``, ``weights [B, m]`` → ``[B]``.
+
+    ``backend="torch.func"`` adapts all problems in one ``vmap``; ``"higher"`` loops over problems.
+    """
     start = frozen_params(learner)
 
     def one_problem(xs: Tensor, ys: Tensor, ws: Tensor, x_target: Tensor) -> Tensor:
         adapted = inner_adapt(learner, mse_per_example, (xs, ys), inner_lr=inner_lr, num_steps=num_steps,
-                              weights=ws, backend="torch.func", params=start)
+                              weights=ws, backend=backend, params=start)
         return adapted(x_target.view(1, 1))[0, 0]
 
-    return torch.func.vmap(one_problem)(x, y, weights, problems.x_target)
+    if backend == "torch.func":
+        return torch.func.vmap(one_problem)(x, y, weights, problems.x_target)
+    return torch.stack([one_problem(*per_problem) for per_problem in zip(x, y, weights, problems.x_target)])
 
 
 def outer_losses(prediction: Tensor, problems: SineProblems, config: ToyMassConfig, *, generator: torch.Generator) -> Tensor:
@@ -137,7 +155,7 @@ def synthetic_attributions(
     the ``config.num_inner_steps`` inner steps. ``weights`` must require grad.
     """
     prediction = adapt_and_predict(learner, problems, x, y, weights, inner_lr=config.inner_lr,
-                                   num_steps=config.num_inner_steps)
+                                   num_steps=config.num_inner_steps, backend=config.backend)
     loss = outer_losses(prediction, problems, config, generator=generator).mean()
     (attribution,) = torch.autograd.grad(loss, weights, retain_graph=keep_graph)
     return loss, prediction, attribution * len(problems)  # L is a mean over b: undo the 1/B
@@ -159,7 +177,7 @@ def pathwise_outer_loss(
     """
     x, y = generator_model.sample(problems, config.num_synthetic, generator=generator, reparameterize=True)
     prediction = adapt_and_predict(learner, problems, x, y, uniform_weights(x), inner_lr=config.inner_lr,
-                                   num_steps=config.num_inner_steps)
+                                   num_steps=config.num_inner_steps, backend=config.backend)
     return (prediction - problems.y_target).pow(2).mean()
 
 
