@@ -11,7 +11,7 @@ The public API, grouped by the notebook that introduces it:
   (synthetic examples learned through the inner loop).
 * 03 MASS in miniature: the subpackage :mod:`mass_ref.toy` (generator, scorer, attribution rewards,
   gold and verifier outer losses, resumable meta-training), GRPO's advantages and clipped loss,
-  and checkpoints.
+  and checkpoints; run configs for the command line (``python -m mass_ref train|evaluate``).
 """
 
 from mass_ref.attribution import (
@@ -24,6 +24,7 @@ from mass_ref.attribution import (
 )
 from mass_ref import toy
 from mass_ref.checkpoint import load_checkpoint, save_checkpoint
+from mass_ref.config import ConfigError, RunConfig, load_config, parse_config
 from mass_ref.distill import DistilledExamples, adapted_task_losses, distill_examples
 from mass_ref.grpo import clipped_policy_loss, group_advantages
 from mass_ref.inner import BACKENDS, AdaptedModel, inner_adapt, weighted_inner_loss
@@ -63,10 +64,12 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaptedModel",
     "AttributionSizes",
+    "ConfigError",
     "BACKENDS",
     "DistilledExamples",
     "MamlSineSizes",
     "MassToySizes",
+    "RunConfig",
     "PROFILES",
     "SineTasks",
     "adam_train",
@@ -81,12 +84,14 @@ __all__ = [
     "inner_adapt",
     "leave_one_out_changes",
     "load_checkpoint",
+    "load_config",
     "load_results",
     "maml_loss",
     "mean_ci95",
     "meta_train_maml",
     "mse_per_example",
     "oracle_inputs",
+    "parse_config",
     "pretrain_on_all_tasks",
     "profile_sizes",
     "project_root",

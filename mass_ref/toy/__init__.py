@@ -1,5 +1,6 @@
 """MASS in miniature (notebooks/03_mass_toy.ipynb): sine problems, generator, scorer, meta-training."""
 
+from mass_ref.toy.base import base_state, build_toy_base, load_base_state
 from mass_ref.toy.evaluate import adapted_errors, base_errors, other_task_errors, synthetic_errors
 from mass_ref.toy.generator import SineGenerator, pretrain_labeler
 from mass_ref.toy.mass import (
@@ -23,6 +24,9 @@ __all__ = [
     "adapt_and_predict",
     "adapted_errors",
     "base_errors",
+    "base_state",
+    "build_toy_base",
+    "load_base_state",
     "mass_meta_step",
     "other_task_errors",
     "outer_losses",

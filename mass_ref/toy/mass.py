@@ -19,6 +19,7 @@ Introduced in notebooks/03_mass_toy.ipynb.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from os import PathLike
 from typing import Any
@@ -239,6 +240,7 @@ def train_toy_mass(
     checkpoint_every: int = 100,
     stop_after: int | None = None,
     progress: bool = True,
+    on_checkpoint: Callable[[list[dict[str, float]]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Meta-train ψ and/or η for ``steps`` meta-steps; returns the per-step diagnostics.
 
@@ -246,6 +248,8 @@ def train_toy_mass(
     history are saved every ``checkpoint_every`` steps and at the end; calling again with the same
     arguments resumes from the last checkpoint and reaches the same final state as a run that was
     never interrupted. ``stop_after`` ends the call early (after checkpointing), to interrupt on purpose.
+    ``on_checkpoint(history)`` is called after every checkpoint (e.g. to write a metrics log that
+    always matches the last checkpoint).
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer; got {steps!r}.")
@@ -276,6 +280,8 @@ def train_toy_mass(
                 "generator": generator_model.state_dict(), "scorer": scorer.state_dict(),
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()}, "rng": rng.get_state(),
             })
+        if on_checkpoint is not None:
+            on_checkpoint(history)
 
     parts = [config.outer_mode, *([] if config.train_generator else ["scorer only"]),
              *([] if config.train_scorer else ["generator only"])]
