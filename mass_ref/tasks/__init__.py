@@ -3,3 +3,27 @@
 from mass_ref.tasks.sine import SineTasks, sample_sine_tasks, sine_function
 
 __all__ = ["SineTasks", "sample_sine_tasks", "sine_function"]
+
+from mass_ref.tasks.arithmetic import (
+    ArithmeticProblem,
+    arithmetic_dataset,
+    sample_arithmetic_problems,
+    split_by_skill_combination,
+    to_records,
+)
+from mass_ref.tasks.benchmarks import BenchmarkUnavailableError, load_gsm8k, load_math500
+from mass_ref.tasks.verify import extract_answer, is_correct, normalize_number
+
+__all__ += [
+    "ArithmeticProblem",
+    "BenchmarkUnavailableError",
+    "arithmetic_dataset",
+    "extract_answer",
+    "is_correct",
+    "load_gsm8k",
+    "load_math500",
+    "normalize_number",
+    "sample_arithmetic_problems",
+    "split_by_skill_combination",
+    "to_records",
+]
