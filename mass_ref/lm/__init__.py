@@ -1,0 +1,54 @@
+"""Language models for the LM chapters: a locally trained tokenizer, a tiny Llama, SmolLM2-135M
+offline, LoRA adapters, and the weighted SFT loss the inner loop differentiates.
+
+Introduced in notebooks/04_lm_test_time_training.ipynb.
+"""
+
+from mass_ref.lm.models import (
+    adapt_lora,
+    add_lora,
+    build_tiny_lm,
+    load_lm,
+    load_smollm2,
+    lora_parameters,
+    pretrain_lm,
+    require_eager_attention,
+    save_lm,
+    smollm2_gguf_path,
+    tiny_llama_config,
+)
+from mass_ref.lm.sft import (
+    IGNORE_INDEX,
+    SFTBatch,
+    collate_sft,
+    left_pad_prompts,
+    sft_batch,
+    sft_losses_per_example,
+    token_losses_to_example_means,
+)
+from mass_ref.lm.precision import EXACT_EAGER, use_exact_float64
+from mass_ref.lm.tokenizer import train_tokenizer
+
+__all__ = [
+    "EXACT_EAGER",
+    "IGNORE_INDEX",
+    "SFTBatch",
+    "adapt_lora",
+    "add_lora",
+    "build_tiny_lm",
+    "collate_sft",
+    "left_pad_prompts",
+    "load_lm",
+    "load_smollm2",
+    "lora_parameters",
+    "pretrain_lm",
+    "require_eager_attention",
+    "save_lm",
+    "sft_batch",
+    "sft_losses_per_example",
+    "smollm2_gguf_path",
+    "tiny_llama_config",
+    "token_losses_to_example_means",
+    "train_tokenizer",
+    "use_exact_float64",
+]
