@@ -22,8 +22,9 @@ Sources (hub column names):
 Offline, pass ``path=`` to a local copy in the hub's format: ``.jsonl`` (one record a line, as
 ``Dataset.to_json`` writes), ``.json`` (a list of records) or ``.parquet`` (the hub's files).
 
->>> load_gsm8k(path="tests/fixtures/gsm8k_test_sample.jsonl", limit=1)[0]["final_answer"]  # doctest: +SKIP
-'72'
+Examples:
+    >>> load_gsm8k(path="tests/fixtures/gsm8k_test_sample.jsonl", limit=1)[0]["final_answer"]  # doctest: +SKIP
+    '72'
 
 Introduced in notebooks/04_lm_test_time_training.ipynb.
 """

@@ -85,8 +85,9 @@ def parse_number(text: str) -> Fraction:
 def normalize_number(text: str) -> str:
     """The canonical string of the number in ``text``.
 
-    >>> [normalize_number(s) for s in ("1,000", "5.0", "$-3", "0.750", "6/8", "\\\\frac{14}{3}", "-0")]
-    ['1000', '5', '-3', '0.75', '0.75', '14/3', '0']
+    Examples:
+        >>> [normalize_number(s) for s in ("1,000", "5.0", "$-3", "0.750", "6/8", "\\\\frac{14}{3}", "-0")]
+        ['1000', '5', '-3', '0.75', '0.75', '14/3', '0']
 
     Raises:
         ValueError: ``text`` is not a single number (see :func:`parse_number`).
