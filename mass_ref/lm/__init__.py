@@ -28,6 +28,9 @@ from mass_ref.lm.sft import (
 )
 from mass_ref.lm.precision import EXACT_EAGER, use_exact_float64
 from mass_ref.lm.tokenizer import train_tokenizer
+from mass_ref.lm.generate import accuracy, default_gold, generate_answers, sample_answers
+from mass_ref.lm.timing import time_sft_and_meta_step
+from mass_ref.lm.ttt import adapted_lora, lora_sft_steps, ttt_accuracy
 
 __all__ = [
     "EXACT_EAGER",
@@ -51,4 +54,13 @@ __all__ = [
     "token_losses_to_example_means",
     "train_tokenizer",
     "use_exact_float64",
+    # answering and test-time training
+    "accuracy",
+    "adapted_lora",
+    "default_gold",
+    "generate_answers",
+    "lora_sft_steps",
+    "sample_answers",
+    "time_sft_and_meta_step",
+    "ttt_accuracy",
 ]
