@@ -57,3 +57,11 @@ def test_checkpoints_round_trip_and_write_atomically(tmp_path) -> None:
     assert state["step"] == 7 and torch.equal(state["weights"], torch.arange(3.0))
     assert torch.equal(torch.Generator().set_state(state["rng"]).get_state(), rng.get_state())
     assert not list(path.parent.glob("*.tmp"))
+
+
+def test_a_negative_advantage_keeps_its_gradient_above_the_clip() -> None:
+    """min(ρA, clip(ρ)A) with A < 0 and ρ > 1 + ε picks the unclipped ρA: the update still pushes ρ down."""
+    logp_new = torch.tensor([0.5], requires_grad=True)
+    loss = clipped_policy_loss(logp_new, torch.zeros(1), torch.tensor([-1.0]), clip_eps=0.2)
+    (grad,) = torch.autograd.grad(loss, logp_new)
+    assert grad.item() == pytest.approx(torch.exp(torch.tensor(0.5)).item())  # d(−ρA)/d log π = ρ

@@ -127,7 +127,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monke
     state = training_state(gen, scorer)
     assert all(torch.equal(state[k], expected[k]) for k in expected)
 
-    with pytest.raises(ValueError, match="another config or seed"):
+    with pytest.raises(ValueError, match="another config, seed"):
         train_toy_mass(learner, gen, scorer, config, steps=9, seed=6, checkpoint_path=path, progress=False)
 
 
@@ -189,3 +189,85 @@ def test_higher_and_torch_func_backends_agree(outer_mode: str) -> None:
         assert torch.allclose(a, b, rtol=0, atol=1e-10)
     for a, b in zip(results["higher"][3], results["torch.func"][3]):
         assert torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_meta_step_matches_an_independent_implementation_of_the_update() -> None:
+    """One meta-step with SGD, rebuilt from the equations: scorer ← η − lr ∇_η L; generator ← two epochs of
+    clipped GRPO on r = −∂L/∂s with advantages normalised per problem and a fixed π_old, plus γ L_solve."""
+    torch.manual_seed(0)
+    learner = sine_mlp(dtype=torch.float64)
+    gen, scorer = SineGenerator().double(), SineScorer().double()
+    with torch.no_grad():  # non-trivial scorer output so its gradient is not degenerate
+        scorer.net[-1].weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    batch = problems(3, dtype=torch.float64)
+    config = ToyMassConfig(num_synthetic=4, num_inner_steps=2, inner_lr=0.05, ppo_epochs=2, clip_eps=0.2,
+                           gamma_solve=0.1, backend="torch.func")
+    lr_g, lr_s = 0.5, 0.1
+    gen_ref, scorer_ref = copy.deepcopy(gen), copy.deepcopy(scorer)
+    rng = torch.Generator().manual_seed(3)
+    rng_ref = torch.Generator().set_state(rng.get_state())
+
+    # reference, from the docstring's equations
+    x, y = gen_ref.sample(batch, config.num_synthetic, generator=rng_ref)
+    weights = scorer_ref(batch, x, y)
+    prediction = toy_mass.adapt_and_predict(learner, batch, x, y, weights, inner_lr=0.05, num_steps=2)
+    loss = (prediction - batch.y_target).pow(2).mean()
+    (g,) = torch.autograd.grad(loss, weights, retain_graph=True)
+    scorer_grads = torch.autograd.grad(loss, list(scorer_ref.parameters()))
+    with torch.no_grad():
+        for p, grad in zip(scorer_ref.parameters(), scorer_grads):
+            p -= lr_s * grad
+    rewards = -g * len(batch)
+    advantages = (rewards - rewards.mean(-1, keepdim=True)) / (rewards.std(-1, keepdim=True, unbiased=False) + 1e-6)
+    logp_old = gen_ref.log_prob(batch, x, y).detach()
+    for _ in range(2):
+        ratio = torch.exp(gen_ref.log_prob(batch, x, y) - logp_old)
+        surrogate = -torch.minimum(ratio * advantages, ratio.clamp(0.8, 1.2) * advantages).mean()
+        total = surrogate + 0.1 * gen_ref.solve_loss(batch)
+        grads = torch.autograd.grad(total, [p for p in gen_ref.parameters() if p.requires_grad])
+        with torch.no_grad():
+            for p, grad in zip([p for p in gen_ref.parameters() if p.requires_grad], grads):
+                p -= lr_g * grad
+
+    optimizers = {"generator": torch.optim.SGD(gen.parameters(), lr=lr_g),
+                  "scorer": torch.optim.SGD(scorer.parameters(), lr=lr_s)}
+    toy_mass.mass_meta_step(learner, gen, scorer, batch, config, optimizers, generator=rng)
+    for name, module, reference in (("scorer", scorer, scorer_ref), ("generator", gen, gen_ref)):
+        for (key, p), q in zip(module.named_parameters(), reference.parameters()):
+            assert torch.allclose(p, q, rtol=0, atol=1e-10), f"{name}.{key}"
+    moved = max((p - q).abs().max().item() for p, q in zip(gen.parameters(), copy.deepcopy(gen_ref).parameters()))
+    assert moved == 0.0
+
+
+def test_verifier_loss_pushes_the_answer_towards_the_target() -> None:
+    batch = problems(2, dtype=torch.float64)
+    batch = type(batch)(batch.amplitude, batch.phase, batch.x_target, torch.zeros(2, dtype=torch.float64))
+    prediction = torch.tensor([-0.6, 0.6], dtype=torch.float64, requires_grad=True)
+    config = ToyMassConfig(outer_mode="verifier", num_answers=512, answer_std=0.5, tolerance=0.5)
+    loss = toy_mass.outer_losses(prediction, batch, config, generator=torch.Generator().manual_seed(0)).sum()
+    (grad,) = torch.autograd.grad(loss, prediction)
+    assert grad[0] < 0 < grad[1]  # descending the loss moves both answers towards y* = 0
+
+
+def test_stop_after_is_idempotent_and_fewer_steps_than_done_is_refused(tmp_path) -> None:
+    config = ToyMassConfig(meta_batch_size=4, num_synthetic=4, train_generator=False, backend="torch.func")
+    path = tmp_path / "c.pt"
+    for _ in range(2):  # calling again with the same stop_after must not take another step
+        learner, gen, scorer = fresh_parts()
+        assert len(train_toy_mass(learner, gen, scorer, config, steps=5, seed=1, checkpoint_path=path,
+                                  stop_after=2, progress=False)) == 2
+    learner, gen, scorer = fresh_parts()
+    with pytest.raises(ValueError, match="steps"):
+        train_toy_mass(learner, gen, scorer, config, steps=1, seed=1, checkpoint_path=path, progress=False)
+
+
+def test_resume_refuses_other_starting_models(tmp_path) -> None:
+    config = ToyMassConfig(meta_batch_size=4, num_synthetic=4, train_generator=False, backend="torch.func")
+    learner, gen, scorer = fresh_parts()
+    train_toy_mass(learner, gen, scorer, config, steps=3, seed=1, checkpoint_path=tmp_path / "c.pt", stop_after=1,
+                   progress=False)
+    learner, gen, scorer = fresh_parts()
+    with torch.no_grad():
+        learner[0].weight.add_(0.01)  # another base model
+    with pytest.raises(ValueError, match="starting models"):
+        train_toy_mass(learner, gen, scorer, config, steps=3, seed=1, checkpoint_path=tmp_path / "c.pt", progress=False)

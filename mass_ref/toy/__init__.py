@@ -6,6 +6,7 @@ from mass_ref.toy.generator import SineGenerator, pretrain_labeler
 from mass_ref.toy.mass import (
     ToyMassConfig,
     adapt_and_predict,
+    fingerprint,
     mass_meta_step,
     outer_losses,
     pathwise_outer_loss,
@@ -26,6 +27,7 @@ __all__ = [
     "base_errors",
     "base_state",
     "build_toy_base",
+    "fingerprint",
     "load_base_state",
     "mass_meta_step",
     "other_task_errors",

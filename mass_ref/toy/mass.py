@@ -19,6 +19,7 @@ Introduced in notebooks/03_mass_toy.ipynb.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from os import PathLike
@@ -58,6 +59,11 @@ class ToyMassConfig:
         tolerance: an answer passes the verifier when |ŷ − y*| < tolerance.
         backend: inner-loop backend, "higher" (one problem at a time; the design choice) or
             "torch.func" (all problems in one vmap; same numbers, much faster on small learners).
+
+    Fields that a mode does not use are still validated and recorded (a checkpoint resumes only under
+    the identical config): ``num_answers``, ``answer_std`` and ``tolerance`` act only in verifier
+    mode; ``generator_lr``, ``clip_eps``, ``ppo_epochs`` and ``gamma_solve`` only when
+    ``train_generator``; ``scorer_lr`` only when ``train_scorer``.
     """
 
     outer_mode: str = "gold"
@@ -113,7 +119,9 @@ def adapt_and_predict(
 ) -> Tensor:
     """f_θ'(x*) per problem after weighted SGD on its synthetic set: ``x, y [B, m, 1]``, ``weights [B, m]`` → ``[B]``.
 
-    ``backend="torch.func"`` adapts all problems in one ``vmap``; ``"higher"`` loops over problems.
+    ``backend="torch.func"`` adapts all problems in one ``vmap``; ``"higher"`` loops over problems (same
+    numbers). The default is the fast path because test-time evaluation needs no second-order graph;
+    meta-training passes ``ToyMassConfig.backend``.
     """
     start = frozen_params(learner)
 
@@ -259,13 +267,19 @@ def train_toy_mass(
     optimizers = {"generator": torch.optim.Adam(generator_model.parameters(), lr=config.generator_lr),
                   "scorer": torch.optim.Adam(scorer.parameters(), lr=config.scorer_lr)}
     history: list[dict[str, float]] = []
+    # What the run starts from: a checkpoint made on other base models (learner, initial generator) or
+    # another scorer initialisation must not be resumed, even when the config and seed match.
+    start = fingerprint(learner, generator_model, scorer)
     state = load_checkpoint(checkpoint_path)
     if state is not None:
-        if state["config"] != asdict(config) or state["seed"] != seed:
+        if state["config"] != asdict(config) or state["seed"] != seed or state.get("start") != start:
             raise ValueError(
-                f"checkpoint {checkpoint_path} was written by a run with another config or seed; delete it or "
-                "pass the same config and seed to resume."
+                f"checkpoint {checkpoint_path} was written by a run with another config, seed or starting models; "
+                "delete it or pass the same config, seed and models to resume."
             )
+        if len(state["history"]) > steps:
+            raise ValueError(f"checkpoint {checkpoint_path} already holds {len(state['history'])} meta-steps, more "
+                             f"than steps={steps}; pass steps >= {len(state['history'])}.")
         generator_model.load_state_dict(state["generator"])
         scorer.load_state_dict(state["scorer"])
         for name, optimizer in optimizers.items():
@@ -276,7 +290,7 @@ def train_toy_mass(
     def checkpoint() -> None:
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, {
-                "config": asdict(config), "seed": seed, "step": len(history), "history": history,
+                "config": asdict(config), "seed": seed, "start": start, "step": len(history), "history": history,
                 "generator": generator_model.state_dict(), "scorer": scorer.state_dict(),
                 "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()}, "rng": rng.get_state(),
             })
@@ -286,18 +300,27 @@ def train_toy_mass(
     parts = [config.outer_mode, *([] if config.train_generator else ["scorer only"]),
              *([] if config.train_scorer else ["generator only"])]
     label = f"MASS ({', '.join(parts)})"
-    bar = tqdm(range(len(history), steps), desc=label, disable=not progress, mininterval=5.0, initial=len(history),
+    end = steps if stop_after is None else max(len(history), min(steps, stop_after))
+    bar = tqdm(range(len(history), end), desc=label, disable=not progress, mininterval=5.0, initial=len(history),
                total=steps)
     for step in bar:
         problems = sample_sine_problems(config.meta_batch_size, generator=rng)
         history.append(mass_meta_step(learner, generator_model, scorer, problems, config, optimizers, generator=rng))
         done = step + 1
-        if done % checkpoint_every == 0 or done == steps:
+        if done % checkpoint_every == 0 or done == end:
             checkpoint()
-        if stop_after is not None and done >= stop_after:
-            checkpoint()
-            break
     return history
+
+
+def fingerprint(*modules: nn.Module) -> str:
+    """SHA-256 of the modules' state dicts (names, shapes and values): identifies a run's starting point."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def training_state(generator_model: SineGenerator, scorer: SineScorer) -> dict[str, Any]:
