@@ -129,3 +129,13 @@ def test_python_dash_m_trains_and_evaluates(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "mass_ref", "train", "--config", str(tmp_path / "nope.yaml")],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_evaluate_refuses_a_config_other_than_the_trained_one(tmp_path: Path) -> None:
+    config = smoke_config(tmp_path, "run")
+    assert main(["train", "--config", str(config), "--no-progress"]) == 0
+    changed = yaml.safe_load(config.read_text())
+    changed["mass"]["inner_lr"] = 0.5
+    config.write_text(yaml.safe_dump(changed))
+    assert main(["evaluate", "--config", str(config)]) == 2
+    assert not (tmp_path / "run" / "eval.json").exists()
