@@ -1,10 +1,11 @@
 """Language models for the LM chapters: a locally trained tokenizer, a tiny Llama, SmolLM2-135M
 offline, LoRA adapters, and the weighted SFT loss the inner loop differentiates.
 
-Introduced in notebooks/04_lm_test_time_training.ipynb.
+To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
 """
 
 from mass_ref.lm.models import (
+    EAGER_IMPLEMENTATIONS,
     adapt_lora,
     add_lora,
     build_tiny_lm,
@@ -30,10 +31,12 @@ from mass_ref.lm.precision import EXACT_EAGER, use_exact_float64
 from mass_ref.lm.tokenizer import train_tokenizer
 from mass_ref.lm.generate import accuracy, default_gold, generate_answers, sample_answers
 from mass_ref.lm.timing import time_sft_and_meta_step
-from mass_ref.lm.ttt import adapted_lora, lora_sft_steps, ttt_accuracy
+from mass_ref.lm.ttt import OPTIMIZERS, adapted_lora, lora_sft_steps, ttt_accuracy
 
 __all__ = [
+    "EAGER_IMPLEMENTATIONS",
     "EXACT_EAGER",
+    "OPTIMIZERS",
     "IGNORE_INDEX",
     "SFTBatch",
     "adapt_lora",

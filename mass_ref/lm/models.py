@@ -14,7 +14,7 @@ CPU SDPA kernel has no double backward ("derivative for
 aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"). Every loader
 here asks for ``attn_implementation="eager"`` and :func:`require_eager_attention` guards the rest.
 
-Introduced in notebooks/04_lm_test_time_training.ipynb.
+To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from transformers import (
 
 from mass_ref.inner import AdaptedModel, LearningRate, PerExampleLoss, inner_adapt
 from mass_ref.lm.precision import EXACT_EAGER, use_exact_float64
-from mass_ref.lm.sft import SFTBatch, collate_sft, sft_losses_per_example
+from mass_ref.lm.sft import SFTBatch, _bos, _encode, _eos_and_pad, collate_sft, sft_losses_per_example
 from mass_ref.maml import adam_train
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,7 +69,7 @@ def tiny_llama_config(
 
     ``intermediate_size`` defaults to 4 × ``hidden_size``; keys/values use all heads (no GQA).
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     return LlamaConfig(
         vocab_size=vocab_size,
@@ -103,7 +103,7 @@ def build_tiny_lm(
     model is switched to :func:`~mass_ref.lm.precision.use_exact_float64` (Llama otherwise rounds
     RMSNorm and softmax to float32).
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     config = tiny_llama_config(
         len(tokenizer),
@@ -144,14 +144,13 @@ def pretrain_lm(
     Returns:
         The training loss of every step (``steps`` floats).
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     if not texts:
         raise ValueError("texts is empty; pretraining needs a corpus.")
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    bos = [tokenizer.bos_token_id] if add_bos else []
-    encoded = [bos + list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    eos, pad = _eos_and_pad(tokenizer)
+    bos = [_bos(tokenizer)] if add_bos else []
+    encoded = [bos + _encode(tokenizer, t) for t in texts]
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
 
@@ -171,7 +170,7 @@ def pretrain_lm(
 def save_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> Path:
     """``save_pretrained`` the model (safetensors) and its tokenizer into ``directory``.
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -185,7 +184,7 @@ def load_lm(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``from_pretrained`` a model and tokenizer saved by :func:`save_lm`, with eager attention.
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     model = AutoModelForCausalLM.from_pretrained(str(directory), attn_implementation="eager", dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
@@ -223,7 +222,7 @@ def load_smollm2(
     with identical logits. Note pad = eos = ``<|im_end|>`` and bos = ``<|im_start|>``: tokenise
     plain text with ``add_special_tokens=False``.
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     cache_dir = Path(cache_dir)
     if (cache_dir / _CACHE_MARKER).is_file():
@@ -266,7 +265,7 @@ def require_eager_attention(model: nn.Module | AdaptedModel) -> None:
         ValueError: naming ``attn_implementation="eager"`` when the model would use SDPA, flash
             attention or anything else whose backward has no derivative of its own.
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     module = model.module if isinstance(model, AdaptedModel) else model
     config = getattr(module, "config", None)
@@ -295,7 +294,7 @@ def add_lora(
     the wrapped model initially computes exactly what ``model`` did). peft injects the adapters
     into ``model`` itself: keep an unwrapped copy if you need one. ``seed`` fixes A's init.
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     config = LoraConfig(
         r=r, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=dropout, task_type="CAUSAL_LM"
@@ -312,7 +311,7 @@ def lora_parameters(model: nn.Module) -> dict[str, Tensor]:
 
     The dict is what ``inner_adapt(..., backend="torch.func", params=...)`` adapts.
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     return {name: p for name, p in model.named_parameters() if "lora_" in name and p.requires_grad}
 
@@ -333,7 +332,7 @@ def adapt_lora(
     ``inner_adapt`` with the ``torch.func`` backend over ``params`` (default: the model's LoRA
     tensors, see :func:`lora_parameters`), after checking eager attention unless ``first_order``.
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     if not first_order:
         require_eager_attention(model)

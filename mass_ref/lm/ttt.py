@@ -26,7 +26,7 @@ examples) comparisons. The model stays in eval mode throughout (no dropout: step
 deterministic). This is the inference-time update; the differentiable one used for
 meta-gradients is :func:`mass_ref.lm.models.adapt_lora`.
 
-Introduced in notebooks/04_lm_test_time_training.ipynb.
+To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from mass_ref.inner import weighted_inner_loss
-from mass_ref.lm.generate import default_gold, generate_answers
+from mass_ref.lm.generate import _eval_mode, default_gold, generate_answers
 from mass_ref.lm.models import lora_parameters
 from mass_ref.lm.sft import sft_batch, sft_losses_per_example
 from mass_ref.tasks.verify import is_correct
@@ -80,7 +80,7 @@ def lora_sft_steps(
     Returns:
         The weighted loss L(φ_t) before each step t (``steps`` floats).
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {optimizer!r}.")
@@ -99,13 +99,14 @@ def lora_sft_steps(
     saved_grads = [p.grad for p in params]
     losses = []
     try:
-        for _ in range(steps):
-            loss = weighted_inner_loss(sft_losses_per_example(model, batch), w)
-            grads = torch.autograd.grad(loss, params)  # w.r.t. φ only: base weights get no .grad
-            for p, g in zip(params, grads):
-                p.grad = g
-            opt.step()
-            losses.append(loss.item())
+        with _eval_mode(model):  # no dropout (LoRA or base): the steps are deterministic
+            for _ in range(steps):
+                loss = weighted_inner_loss(sft_losses_per_example(model, batch), w)
+                grads = torch.autograd.grad(loss, params)  # w.r.t. φ only: base weights get no .grad
+                for p, g in zip(params, grads):
+                    p.grad = g
+                opt.step()
+                losses.append(loss.item())
     finally:
         for p, g in zip(params, saved_grads):
             p.grad = g
@@ -131,7 +132,7 @@ def adapted_lora(
         The weighted training loss before each step (``steps`` floats; empty when ``steps == 0``
         or ``examples`` is empty, in which case the model is simply not adapted).
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     lora = _lora_or_raise(model)
     with torch.no_grad():
@@ -172,7 +173,7 @@ def ttt_accuracy(
     Returns:
         ``(acc, per_problem)`` as in :func:`~mass_ref.lm.generate.accuracy`.
 
-    Introduced in notebooks/04_lm_test_time_training.ipynb.
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
     correct = []
     iterator: Sequence[Problem] = problems

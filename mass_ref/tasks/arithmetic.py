@@ -25,7 +25,7 @@ is rare in pretraining. Every single skill, and every other pair, is common in t
 Sampling uses ``random.Random`` seeded from ``(seed, split)``: the same arguments give the same
 problems on every machine, and train and test draw from independent streams.
 
-Introduced in notebooks/04_lm_test_time_training.ipynb.
+To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
 """
 
 from __future__ import annotations

@@ -23,10 +23,10 @@ Offline, pass ``path=`` to a local copy in the hub's format: ``.jsonl`` (one rec
 ``Dataset.to_json`` writes), ``.json`` (a list of records) or ``.parquet`` (the hub's files).
 
 Examples:
-    >>> load_gsm8k(path="tests/fixtures/gsm8k_test_sample.jsonl", limit=1)[0]["final_answer"]  # doctest: +SKIP
-    '72'
+    >>> load_gsm8k(path="tests/fixtures/gsm8k_test_sample.jsonl", limit=1)[0]["final_answer"]  # from the repo root
+    '54'
 
-Introduced in notebooks/04_lm_test_time_training.ipynb.
+To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mass_ref.tasks.sine import AMPLITUDE_RANGE, PHASE_RANGE, X_RANGE
+from mass_ref.tasks.sine import AMPLITUDE_RANGE, PHASE_RANGE, X_RANGE, sine_function
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class SineProblems:
 
     def true_labels(self, x: Tensor) -> Tensor:
         """A sin(x − φ) for per-problem inputs ``x`` of shape ``[B, m, 1]``."""
-        return self.amplitude[:, None, None] * torch.sin(x - self.phase[:, None, None])
+        return sine_function(x, self.amplitude, self.phase)
 
 
 def sample_sine_problems(num_problems: int, *, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> SineProblems:
