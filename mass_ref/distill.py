@@ -75,11 +75,7 @@ def adapted_task_losses(
 
     Introduced in notebooks/02_metagradients_through_data.ipynb.
     """
-    _check_batch(support, "support")
-    _check_batch(query, "query")
-    if support[0].shape[0] != query[0].shape[0]:
-        raise ValueError(f"support and query must hold the same number of tasks; got {support[0].shape[0]} "
-                         f"and {query[0].shape[0]}.")
+    _check_paired_batches(support, query, "support", "query")
 
     def one_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
         return query_loss_after_adapting(model, loss_fn, (xs, ys), (xq, yq), inner_lr=inner_lr,
@@ -134,11 +130,7 @@ def distill_examples(
 
     Introduced in notebooks/02_metagradients_through_data.ipynb.
     """
-    _check_batch(init, "init")
-    _check_batch(target, "target")
-    if init[0].shape[0] != target[0].shape[0]:
-        raise ValueError(f"init and target must hold the same number of tasks; got {init[0].shape[0]} "
-                         f"and {target[0].shape[0]}.")
+    _check_paired_batches(init, target, "init", "target")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be an integer >= 1; got {iterations!r}.")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
@@ -171,6 +163,14 @@ def distill_examples(
     keep_the_best(task_losses().detach())  # the iterate after the last Adam step
     best_history[-1] = best_loss.mean().item()
     return DistilledExamples(best_inputs, best_targets, history, best_history)
+
+
+def _check_paired_batches(first: Batch, second: Batch, first_name: str, second_name: str) -> None:
+    _check_batch(first, first_name)
+    _check_batch(second, second_name)
+    if first[0].shape[0] != second[0].shape[0]:
+        raise ValueError(f"{first_name} and {second_name} must hold the same number of tasks; got "
+                         f"{first[0].shape[0]} and {second[0].shape[0]}.")
 
 
 def _check_batch(batch: Batch, name: str) -> None:
