@@ -31,7 +31,14 @@ from mass_ref.lm.precision import EXACT_EAGER, use_exact_float64
 from mass_ref.lm.tokenizer import train_tokenizer
 from mass_ref.lm.generate import accuracy, default_gold, generate_answers, sample_answers
 from mass_ref.lm.timing import time_sft_and_meta_step
-from mass_ref.lm.ttt import OPTIMIZERS, adapted_lora, lora_sft_steps, ttt_accuracy
+from mass_ref.lm.ttt import (
+    OPTIMIZERS,
+    adapted_lora,
+    lora_sft_steps,
+    lora_sft_steps_on_batch,
+    restored_lora,
+    ttt_accuracy,
+)
 
 __all__ = [
     "EAGER_IMPLEMENTATIONS",
@@ -49,6 +56,7 @@ __all__ = [
     "lora_parameters",
     "pretrain_lm",
     "require_eager_attention",
+    "restored_lora",
     "save_lm",
     "sft_batch",
     "sft_losses_per_example",
@@ -63,6 +71,7 @@ __all__ = [
     "default_gold",
     "generate_answers",
     "lora_sft_steps",
+    "lora_sft_steps_on_batch",
     "sample_answers",
     "time_sft_and_meta_step",
     "ttt_accuracy",

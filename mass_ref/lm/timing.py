@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mass_ref.inner import inner_adapt
-from mass_ref.lm.models import lora_parameters, require_eager_attention
+from mass_ref.lm.models import adapt_lora, require_eager_attention
 from mass_ref.lm.sft import SFTBatch, sft_losses_per_example
+from mass_ref.lm.ttt import lora_sft_steps_on_batch, restored_lora
 
 __all__ = ["time_sft_and_meta_step"]
 
@@ -67,42 +67,26 @@ def time_sft_and_meta_step(
     if not num_steps or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in num_steps):
         raise ValueError(f"num_steps must be a non-empty sequence of integers >= 1; got {num_steps!r}.")
     require_eager_attention(model)
-    lora = lora_parameters(model)
-    if not lora:
-        raise ValueError("the model has no trainable LoRA tensors; wrap it with add_lora(model) first.")
-    params = list(lora.values())
-    device, dtype = params[0].device, params[0].dtype
-    batch, query = batch.to(device), query.to(device)
-    m = len(batch)
-    with torch.no_grad():
-        snapshot = [p.detach().clone() for p in params]
+    with restored_lora(model) as lora:  # the LoRA tensors are left exactly as they were
+        params = list(lora.values())
+        device, dtype = params[0].device, params[0].dtype
+        batch, query = batch.to(device), query.to(device)
+        m = len(batch)
 
-    def sft_step() -> None:
-        opt = torch.optim.Adam(params, lr=sft_lr)
-        loss = sft_losses_per_example(model, batch).mean()
-        for p, g in zip(params, torch.autograd.grad(loss, params)):
-            p.grad = g
-        opt.step()
-        for p in params:
-            p.grad = None
+        def sft_step() -> None:
+            lora_sft_steps_on_batch(model, batch, steps=1, lr=sft_lr, optimizer="adam")
 
-    def meta_step(k: int) -> Callable[[], None]:
-        def run() -> None:
-            weights = torch.full((m,), 1.0 / m, dtype=dtype, device=device, requires_grad=True)
-            adapted = inner_adapt(model, sft_losses_per_example, batch, inner_lr=inner_lr, num_steps=k,
-                                  weights=weights, backend="torch.func", params=lora)
-            outer = sft_losses_per_example(adapted, query).mean()
-            torch.autograd.grad(outer, [weights, *params])
+        def meta_step(k: int) -> Callable[[], None]:
+            def run() -> None:
+                weights = torch.full((m,), 1.0 / m, dtype=dtype, device=device, requires_grad=True)
+                adapted = adapt_lora(model, batch, inner_lr=inner_lr, num_steps=k, weights=weights, params=lora)
+                outer = sft_losses_per_example(adapted, query).mean()
+                torch.autograd.grad(outer, [weights, *params])
 
-        return run
+            return run
 
-    try:
         sft_s = _median_seconds(sft_step, repeats, device)
         meta_s = {str(k): _median_seconds(meta_step(k), repeats, device) for k in num_steps}
-    finally:
-        with torch.no_grad():
-            for p, saved in zip(params, snapshot):
-                p.copy_(saved)
     ratio = {k: s / sft_s for k, s in meta_s.items()}
     return {
         "m": m,

@@ -42,7 +42,7 @@ from transformers import PreTrainedTokenizerBase
 from mass_ref.inner import weighted_inner_loss
 from mass_ref.lm.generate import _eval_mode, default_gold, generate_answers
 from mass_ref.lm.models import lora_parameters
-from mass_ref.lm.sft import sft_batch, sft_losses_per_example
+from mass_ref.lm.sft import SFTBatch, sft_batch, sft_losses_per_example
 from mass_ref.tasks.verify import is_correct
 
 Problem = TypeVar("Problem")
@@ -51,7 +51,7 @@ Example = tuple[str, str]
 
 OPTIMIZERS = ("adam", "sgd")
 
-__all__ = ["OPTIMIZERS", "adapted_lora", "lora_sft_steps", "ttt_accuracy"]
+__all__ = ["OPTIMIZERS", "adapted_lora", "lora_sft_steps", "lora_sft_steps_on_batch", "restored_lora", "ttt_accuracy"]
 
 
 def lora_sft_steps(
@@ -82,19 +82,31 @@ def lora_sft_steps(
 
     To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {optimizer!r}.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0; got {steps!r}.")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive; got {lr!r}. Test-time LoRA typically needs about 1e-2.")
+    _check_step_args(optimizer, steps, lr)
     if steps == 0 or not examples:
         return []
-    lora = _lora_or_raise(model)
-    params = list(lora.values())
-    device, dtype = params[0].device, params[0].dtype
+    device = next(iter(_lora_or_raise(model).values())).device
     batch = sft_batch(tokenizer, list(examples), add_bos=add_bos).to(device)
-    w = _weights(weights, len(examples), device, dtype)
+    return lora_sft_steps_on_batch(model, batch, steps=steps, lr=lr, optimizer=optimizer, weights=weights)
+
+
+def lora_sft_steps_on_batch(
+    model: nn.Module,
+    batch: SFTBatch,
+    *,
+    steps: int,
+    lr: float,
+    optimizer: str = "adam",
+    weights: Sequence[float] | Tensor | None = None,
+) -> list[float]:
+    """:func:`lora_sft_steps` on an already built :class:`~mass_ref.lm.sft.SFTBatch` (same update, in place).
+
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    """
+    _check_step_args(optimizer, steps, lr)
+    params = list(_lora_or_raise(model).values())
+    batch = batch.to(params[0].device)
+    w = _weights(weights, len(batch), params[0].device, params[0].dtype)
     opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
     saved_grads = [p.grad for p in params]
     losses = []
@@ -111,6 +123,23 @@ def lora_sft_steps(
         for p, g in zip(params, saved_grads):
             p.grad = g
     return losses
+
+
+@contextlib.contextmanager
+def restored_lora(model: nn.Module) -> Iterator[dict[str, Tensor]]:
+    """Yield the LoRA tensors; on exit (also on an exception) restore them bit for bit from a copy.
+
+    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    """
+    lora = _lora_or_raise(model)
+    with torch.no_grad():
+        snapshot = {name: p.detach().clone() for name, p in lora.items()}
+    try:
+        yield lora
+    finally:
+        with torch.no_grad():
+            for name, p in lora.items():
+                p.copy_(snapshot[name])
 
 
 @contextlib.contextmanager
@@ -134,16 +163,9 @@ def adapted_lora(
 
     To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
     """
-    lora = _lora_or_raise(model)
-    with torch.no_grad():
-        snapshot = {name: p.detach().clone() for name, p in lora.items()}
-    try:
+    with restored_lora(model):
         yield lora_sft_steps(model, tokenizer, examples, steps=steps, lr=lr, optimizer=optimizer,
                              weights=weights, add_bos=add_bos)
-    finally:
-        with torch.no_grad():
-            for name, p in lora.items():
-                p.copy_(snapshot[name])
 
 
 def ttt_accuracy(
@@ -190,6 +212,15 @@ def ttt_accuracy(
                                          max_new_tokens=max_new_tokens, add_bos=add_bos)
         correct.append(is_correct(answer, gold_fn(problem)))
     return (sum(correct) / len(correct) if correct else 0.0), correct
+
+
+def _check_step_args(optimizer: str, steps: int, lr: float) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {optimizer!r}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0; got {steps!r}.")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive; got {lr!r}. Test-time LoRA typically needs about 1e-2.")
 
 
 def _lora_or_raise(model: nn.Module) -> dict[str, Tensor]:
