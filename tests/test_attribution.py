@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from problems import tanh_regression_problem
+
 import numpy as np
 import pytest
 import torch
@@ -28,15 +30,7 @@ Batch = tuple[Tensor, Tensor]
 
 
 def make_problem(seed: int = 0, n: int = 6, scale: float = 1.0) -> tuple[nn.Module, Batch, Batch]:
-    """A smooth (tanh) 1-8-1 regressor, a support set of n points and a query set, in float64."""
-    g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(1, 8, dtype=DTYPE), nn.Tanh(), nn.Linear(8, 1, dtype=DTYPE))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=DTYPE))
-    xs = torch.randn(n, 1, generator=g, dtype=DTYPE)
-    xq = torch.randn(10, 1, generator=g, dtype=DTYPE)
-    return model, (xs, torch.sin(2 * xs)), (xq, torch.sin(2 * xq))
+    return tanh_regression_problem(seed, n, scale=scale)
 
 
 def rel_err(a: Tensor, b: Tensor) -> float:

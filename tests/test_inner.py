@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from problems import tanh_regression_problem
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -13,15 +15,7 @@ DTYPE = torch.float64
 
 
 def make_problem(seed: int = 0, n: int = 6) -> tuple[nn.Module, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """A smooth (tanh) 1-8-1 regressor, a support set and a query set, in float64."""
-    g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(1, 8, dtype=DTYPE), nn.Tanh(), nn.Linear(8, 1, dtype=DTYPE))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=DTYPE))
-    xs = torch.randn(n, 1, generator=g, dtype=DTYPE)
-    xq = torch.randn(10, 1, generator=g, dtype=DTYPE)
-    return model, (xs, torch.sin(2 * xs)), (xq, torch.sin(2 * xq))
+    return tanh_regression_problem(seed, n)
 
 
 def outer_loss(model: nn.Module, support, query, *, params=None, inner_lr=0.1, weights=None, **kw) -> Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from problems import tanh_regression_problem
+
 import torch
 from torch import Tensor, nn
 
@@ -27,14 +29,7 @@ Batch = tuple[Tensor, Tensor]
 
 
 def make_problem(seed: int, n: int, scale: float = 0.7) -> tuple[nn.Module, Batch, Batch]:
-    g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(1, 8, dtype=DTYPE), nn.Tanh(), nn.Linear(8, 1, dtype=DTYPE))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=DTYPE))
-    xs = torch.randn(n, 1, generator=g, dtype=DTYPE)
-    xq = torch.randn(20, 1, generator=g, dtype=DTYPE)
-    return model, (xs, torch.sin(2 * xs)), (xq, torch.sin(2 * xq))
+    return tanh_regression_problem(seed, n, scale=scale, n_query=20)
 
 
 def test_exercise_1_renormalised_leave_one_out() -> None:
