@@ -107,6 +107,61 @@ class MassToySizes:
     checkpoint_every: int
 
 
+SMOKE_TINY_LM: dict[str, Any] = dict(n_train_problems=300, vocab_size=400, hidden_size=32, layers=1, heads=2,
+                                     steps=30, batch_size=16)
+"""The smoke profile's tiny LM (``mass_ref.lm.TinyLMSpec`` fields): seconds to pretrain, answers nothing."""
+CPU_TINY_LM: dict[str, Any] = {}
+"""The cpu/gpu tiny LM: ``TinyLMSpec()`` defaults (1.1M parameters, 1,500 steps, ≈ 6 min on 2 cores)."""
+
+
+@dataclass(frozen=True)
+class LMTestTimeSizes:
+    """Sizes for notebooks/04_lm_test_time_training.ipynb (LoRA test-time training).
+
+    Attributes:
+        tiny_lm: ``TinyLMSpec`` fields (the model is pretrained once and cached).
+        n_test_problems: held-out problems in the naive-TTT comparison.
+        num_examples: m examples per test-time update.
+        inner_lrs: SGD step sizes compared for the test-time update.
+    """
+
+    tiny_lm: dict[str, Any]
+    n_test_problems: int
+    num_examples: int
+    inner_lrs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class MassLLMSizes:
+    """Sizes for notebooks/05_mass_llm.ipynb (MASS on language models).
+
+    Attributes:
+        tiny_lm: ``TinyLMSpec`` fields (shared with notebook 04's cache).
+        meta_steps: meta-training steps per run (the paper: about 100).
+        meta_batch_size: training problems per meta-step.
+        num_synthetic: m in meta-training (paper: 12). num_inner_steps: K in meta-training (paper: 2).
+        num_test_examples: m at test time (paper: 6); one inner step at test time.
+        n_eval_problems: held-out problems per seed. n_seeds: runs per method.
+        m_curve: the m values of the data-efficiency curve.
+        smollm2_meta_steps, smollm2_n_eval_problems, smollm2_seeds: the SmolLM2-135M run (0 steps: skipped).
+        checkpoint_every: meta-steps between checkpoints.
+    """
+
+    tiny_lm: dict[str, Any]
+    meta_steps: int
+    meta_batch_size: int
+    num_synthetic: int
+    num_inner_steps: int
+    num_test_examples: int
+    n_eval_problems: int
+    n_seeds: int
+    m_curve: tuple[int, ...]
+    smollm2_meta_steps: int
+    smollm2_n_eval_problems: int
+    smollm2_seeds: int
+    checkpoint_every: int
+
+
 _SIZES: dict[str, dict[str, Any]] = {
     "01_maml_sine": {
         "smoke": MamlSineSizes(300, 10, 300, 100, 50, 3),
@@ -122,6 +177,16 @@ _SIZES: dict[str, dict[str, Any]] = {
         "smoke": MassToySizes(300, 300, 10, 8, 50, 3, 5),
         "cpu": MassToySizes(12_000, 3_000, 600, 32, 300, 3, 100),
         "gpu": MassToySizes(70_000, 10_000, 5_000, 64, 1_000, 5, 500),
+    },
+    "04_lm_test_time_training": {
+        "smoke": LMTestTimeSizes(SMOKE_TINY_LM, 8, 3, (1.0,)),
+        "cpu": LMTestTimeSizes(CPU_TINY_LM, 100, 6, (0.3, 1.0, 3.0)),
+        "gpu": LMTestTimeSizes(CPU_TINY_LM, 500, 6, (0.3, 1.0, 3.0)),
+    },
+    "05_mass_llm": {
+        "smoke": MassLLMSizes(SMOKE_TINY_LM, 2, 2, 3, 1, 2, 4, 3, (1, 2), 1, 2, 1, 1),
+        "cpu": MassLLMSizes(CPU_TINY_LM, 40, 4, 12, 2, 6, 100, 3, (1, 2, 4, 6, 12), 4, 20, 3, 10),
+        "gpu": MassLLMSizes(CPU_TINY_LM, 100, 8, 12, 2, 6, 500, 5, (1, 2, 4, 6, 12), 100, 200, 3, 10),
     },
 }
 

@@ -1,7 +1,8 @@
 """Language models for the LM chapters: a locally trained tokenizer, a tiny Llama, SmolLM2-135M
 offline, LoRA adapters, and the weighted SFT loss the inner loop differentiates.
 
-To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+Introduced in notebooks/04_lm_test_time_training.ipynb (models, LoRA, test-time training) and
+notebooks/05_mass_llm.ipynb (scorer, meta-training, evaluation of the methods).
 """
 
 from mass_ref.lm.models import (
@@ -31,6 +32,19 @@ from mass_ref.lm.precision import EXACT_EAGER, use_exact_float64
 from mass_ref.lm.tokenizer import train_tokenizer
 from mass_ref.lm.generate import accuracy, default_gold, generate_answers, sample_answers
 from mass_ref.lm.timing import time_sft_and_meta_step
+from mass_ref.lm.formats import PLAIN, PromptFormat, chat_format, parse_practice, pretraining_corpus
+from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm, task_problems
+from mass_ref.lm.scorer import LMScorer, pooled_features
+from mass_ref.lm.mass import LMMassConfig, completion_logprobs, lm_meta_step, solver_grpo_step, train_lm_mass
+from mass_ref.lm.evaluate import (
+    PracticeSet,
+    practice_sets,
+    random_practice,
+    related_practice,
+    scorer_auc,
+    test_time_accuracy,
+    test_time_gold_loss,
+)
 from mass_ref.lm.ttt import (
     OPTIMIZERS,
     adapted_lora,
@@ -75,4 +89,28 @@ __all__ = [
     "sample_answers",
     "time_sft_and_meta_step",
     "ttt_accuracy",
+    # prompts, the tiny arithmetic LM
+    "PLAIN",
+    "PromptFormat",
+    "TinyLMSpec",
+    "chat_format",
+    "parse_practice",
+    "pretrained_tiny_lm",
+    "pretraining_corpus",
+    "task_problems",
+    # MASS on an LM
+    "LMMassConfig",
+    "LMScorer",
+    "PracticeSet",
+    "completion_logprobs",
+    "lm_meta_step",
+    "pooled_features",
+    "practice_sets",
+    "random_practice",
+    "related_practice",
+    "scorer_auc",
+    "solver_grpo_step",
+    "test_time_accuracy",
+    "test_time_gold_loss",
+    "train_lm_mass",
 ]

@@ -17,7 +17,7 @@ Everything here runs in ``torch.no_grad`` with the model temporarily in eval mod
 plain ``LlamaForCausalLM`` and for a peft-wrapped one, and is deterministic on the CPU: greedy
 decoding always, sampling for a fixed ``(seed, batch_size)`` (the global RNG is left untouched).
 
-To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def generate_answers(
     Returns:
         n strings: ``decode(y, skip_special_tokens=True)`` of each continuation y.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     _check_sizes(max_new_tokens, batch_size)
     options = dict(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
@@ -91,7 +91,7 @@ def sample_answers(
     Returns:
         n lists of k strings, ``result[i][j]`` = the j-th sample for prompt i (GRPO's group).
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     _check_sizes(max_new_tokens, batch_size)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -113,7 +113,7 @@ def default_gold(problem: Any) -> str | int | float:
     """The reference answer of a problem: ``problem.answer`` (e.g. :class:`ArithmeticProblem`),
     or for a record dict its ``"final_answer"`` (GSM8K/MATH-500 loaders), else its ``"answer"``.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     if isinstance(problem, Mapping):
         for key in ("final_answer", "answer"):
@@ -143,7 +143,7 @@ def accuracy(
     Returns:
         ``(acc, per_problem)``: acc in [0, 1] (0.0 for no problems) and one bool per problem.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     if not problems:
         return 0.0, []

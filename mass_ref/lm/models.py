@@ -14,7 +14,7 @@ CPU SDPA kernel has no double backward ("derivative for
 aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"). Every loader
 here asks for ``attn_implementation="eager"`` and :func:`require_eager_attention` guards the rest.
 
-To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def tiny_llama_config(
 
     ``intermediate_size`` defaults to 4 × ``hidden_size``; keys/values use all heads (no GQA).
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     return LlamaConfig(
         vocab_size=vocab_size,
@@ -103,7 +103,7 @@ def build_tiny_lm(
     model is switched to :func:`~mass_ref.lm.precision.use_exact_float64` (Llama otherwise rounds
     RMSNorm and softmax to float32).
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     config = tiny_llama_config(
         len(tokenizer),
@@ -144,7 +144,7 @@ def pretrain_lm(
     Returns:
         The training loss of every step (``steps`` floats).
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     if not texts:
         raise ValueError("texts is empty; pretraining needs a corpus.")
@@ -170,7 +170,7 @@ def pretrain_lm(
 def save_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> Path:
     """``save_pretrained`` the model (safetensors) and its tokenizer into ``directory``.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -184,7 +184,7 @@ def load_lm(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``from_pretrained`` a model and tokenizer saved by :func:`save_lm`, with eager attention.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     model = AutoModelForCausalLM.from_pretrained(str(directory), attn_implementation="eager", dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
@@ -222,7 +222,7 @@ def load_smollm2(
     with identical logits. Note pad = eos = ``<|im_end|>`` and bos = ``<|im_start|>``: tokenise
     plain text with ``add_special_tokens=False``.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     cache_dir = Path(cache_dir)
     if (cache_dir / _CACHE_MARKER).is_file():
@@ -265,7 +265,7 @@ def require_eager_attention(model: nn.Module | AdaptedModel) -> None:
         ValueError: naming ``attn_implementation="eager"`` when the model would use SDPA, flash
             attention or anything else whose backward has no derivative of its own.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     module = model.module if isinstance(model, AdaptedModel) else model
     config = getattr(module, "config", None)
@@ -294,7 +294,7 @@ def add_lora(
     the wrapped model initially computes exactly what ``model`` did). peft injects the adapters
     into ``model`` itself: keep an unwrapped copy if you need one. ``seed`` fixes A's init.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     config = LoraConfig(
         r=r, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=dropout, task_type="CAUSAL_LM"
@@ -311,7 +311,7 @@ def lora_parameters(model: nn.Module) -> dict[str, Tensor]:
 
     The dict is what ``inner_adapt(..., backend="torch.func", params=...)`` adapts.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     return {name: p for name, p in model.named_parameters() if "lora_" in name and p.requires_grad}
 
@@ -332,7 +332,7 @@ def adapt_lora(
     ``inner_adapt`` with the ``torch.func`` backend over ``params`` (default: the model's LoRA
     tensors, see :func:`lora_parameters`), after checking eager attention unless ``first_order``.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     if not first_order:
         require_eager_attention(model)

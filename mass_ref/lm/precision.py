@@ -11,7 +11,7 @@ fails although autograd is right. :func:`use_exact_float64` swaps in versions th
 ``promote_types(dtype, float32)`` (float32 or wider: identical numbers for float32/16 models) and
 selects the attention implementation ``"eager_exact"`` (eager attention, softmax in that dtype).
 
-To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def use_exact_float64(model: nn.Module) -> nn.Module:
     In place; returns ``model``. Float32 and float16 results are unchanged; float64 models then
     compute entirely in float64 (needed for finite-difference checks at relative error 1e-6).
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     for module in model.modules():
         if type(module) is LlamaRMSNorm:

@@ -13,7 +13,7 @@ Labels are masked by *position*, never by token id: the prompt and the padding g
 the model would never learn to stop. Training batches are right-padded; prompts for generation are
 left-padded (:func:`left_pad_prompts`) so every sequence ends where generation starts.
 
-To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def sft_batch(
     Returns:
         An :class:`SFTBatch` (long tensors on the CPU).
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     eos, pad = _eos_and_pad(tokenizer)
     bos = [_bos(tokenizer)] if add_bos else []
@@ -132,7 +132,7 @@ def left_pad_prompts(
     With left padding every row's last position is its last prompt token, so ``model.generate``
     continues all rows from the same column.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     if not prompts:
         raise ValueError("need at least one prompt.")
@@ -158,7 +158,7 @@ def sft_losses_per_example(forward: Forward, batch: SFTBatch) -> Tensor:
     is then ``inner_adapt(model, sft_losses_per_example, batch, weights=w, backend="torch.func",
     params=lora_parameters(model))``.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     logits = forward(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     return token_losses_to_example_means(logits, batch.labels)

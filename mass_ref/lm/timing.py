@@ -14,7 +14,7 @@ The ratio t_meta / t_sft is the overhead of exact (second-order) meta-gradients;
 m = 6, ``benchmarks/bench_lm_meta_step.py`` measured 3.3× for K = 1 on one CPU thread (see README). Each timing is the median of ``repeats`` runs after
 one untimed warm-up; the model is left exactly as it was (the Adam step is undone).
 
-To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def time_sft_and_meta_step(
         ``sft_step_s``, ``meta_step_s`` ``{str(K): seconds}``, ``ratio`` ``{str(K): t_meta / t_sft}``
         and ``meta_step_over_sft_step_time_ratio`` (the ratio for ``num_steps[0]``).
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1; got {repeats!r}.")

@@ -13,7 +13,7 @@ The result is a ``transformers`` fast tokenizer with ``<|bos|>``, ``<|eos|>`` an
 special tokens; it adds no special tokens on its own (callers add bos/eos explicitly), and
 ``save_pretrained`` / ``AutoTokenizer.from_pretrained`` round-trip it exactly.
 
-To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def train_tokenizer(
     Raises:
         ValueError: ``vocab_size`` below 259.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(

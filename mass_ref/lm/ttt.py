@@ -26,7 +26,7 @@ examples) comparisons. The model stays in eval mode throughout (no dropout: step
 deterministic). This is the inference-time update; the differentiable one used for
 meta-gradients is :func:`mass_ref.lm.models.adapt_lora`.
 
-To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def lora_sft_steps(
     Returns:
         The weighted loss L(φ_t) before each step t (``steps`` floats).
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     _check_step_args(optimizer, steps, lr)
     if steps == 0 or not examples:
@@ -101,7 +101,7 @@ def lora_sft_steps_on_batch(
 ) -> list[float]:
     """:func:`lora_sft_steps` on an already built :class:`~mass_ref.lm.sft.SFTBatch` (same update, in place).
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     _check_step_args(optimizer, steps, lr)
     params = list(_lora_or_raise(model).values())
@@ -129,7 +129,7 @@ def lora_sft_steps_on_batch(
 def restored_lora(model: nn.Module) -> Iterator[dict[str, Tensor]]:
     """Yield the LoRA tensors; on exit (also on an exception) restore them bit for bit from a copy.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     lora = _lora_or_raise(model)
     with torch.no_grad():
@@ -161,7 +161,7 @@ def adapted_lora(
         The weighted training loss before each step (``steps`` floats; empty when ``steps == 0``
         or ``examples`` is empty, in which case the model is simply not adapted).
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     with restored_lora(model):
         yield lora_sft_steps(model, tokenizer, examples, steps=steps, lr=lr, optimizer=optimizer,
@@ -195,7 +195,7 @@ def ttt_accuracy(
     Returns:
         ``(acc, per_problem)`` as in :func:`~mass_ref.lm.generate.accuracy`.
 
-    To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+    Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     correct = []
     iterator: Sequence[Problem] = problems

@@ -25,7 +25,7 @@ is rare in pretraining. Every single skill, and every other pair, is common in t
 Sampling uses ``random.Random`` seeded from ``(seed, split)``: the same arguments give the same
 problems on every machine, and train and test draw from independent streams.
 
-To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,7 @@ __all__ = [
     "apply_skill",
     "arithmetic_dataset",
     "sample_arithmetic_problems",
+    "solve_question",
     "split_by_skill_combination",
     "to_records",
     "uses_held_out_combination",
@@ -307,3 +309,50 @@ def arithmetic_dataset(n: int, seed: int, split: str = "all", **kwargs: Any) -> 
         "difficulty": datasets.Value("int64"),
     })
     return datasets.Dataset.from_dict({key: [r[key] for r in records] for key in features}, features=features)
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    pattern = re.escape(template)
+    for field_name, group in (("b", r"(?P<b>\d+)"), ("name", r"[A-Z][a-z]+"), ("pron", r"(?:He|She)"),
+                              ("items", r"[a-z]+")):
+        pattern = pattern.replace(re.escape("{" + field_name + "}"), group)
+    return re.compile(pattern + "$")
+
+
+_START_RES = [_template_regex(t) for t in START_TEMPLATES]
+_STEP_RES = [(skill, _template_regex(t)) for skill, options in STEP_TEMPLATES.items() for t in options]
+_QUESTION_RES = [_template_regex(t) for t in QUESTION_TEMPLATES]
+
+
+def solve_question(question: str) -> tuple[int, tuple[str, ...]] | None:
+    """Recover ``(answer, skills)`` from a question written with this module's templates, or None.
+
+    Reads the sentences back: a start sentence with v₀, one step sentence per operation, a final
+    question. Returns None when any sentence matches no template or an operation is invalid
+    (a difference below 1, an inexact division). This is how a *generated* practice problem gets
+    its true answer, so a generator's self-written solution can be checked.
+
+    >>> p = sample_arithmetic_problems(1, seed=3)[0]
+    >>> solve_question(p.question) == (p.answer, p.skills)
+    True
+    >>> solve_question("Maya has many apples.") is None
+    True
+    """
+    sentences = re.findall(r"[^.?]*[.?]", question.strip())
+    if len(sentences) < 3 or "".join(sentences).strip() != question.strip():
+        return None
+    sentences = [s.strip() for s in sentences]
+    start = next((m for r in _START_RES if (m := r.match(sentences[0]))), None)
+    if start is None or not any(r.match(sentences[-1]) for r in _QUESTION_RES):
+        return None
+    value, skills = int(start["b"]), []
+    for sentence in sentences[1:-1]:
+        found = next(((skill, m) for skill, r in _STEP_RES if (m := r.match(sentence))), None)
+        if found is None:
+            return None
+        skill, operand = found[0], int(found[1]["b"])
+        if (skill == "subtract" and value - operand < 1) or (skill == "divide" and (operand < 1 or value % operand)):
+            return None
+        value = apply_skill(skill, value, operand)
+        skills.append(skill)
+    return value, tuple(skills)

@@ -26,7 +26,7 @@ Examples:
     >>> load_gsm8k(path="tests/fixtures/gsm8k_test_sample.jsonl", limit=1)[0]["final_answer"]  # from the repo root
     '54'
 
-To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
 
 from __future__ import annotations

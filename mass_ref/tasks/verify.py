@@ -23,7 +23,7 @@ as decimals (``"0.75"``, ``"-2.5"``), other fractions as ``"p/q"`` in lowest ter
 >>> is_correct("The total is $1,000.", "#### 1000")
 True
 
-To be introduced in notebooks/04_lm_test_time_training.ipynb (not written yet).
+Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
 
 from __future__ import annotations
