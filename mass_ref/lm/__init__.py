@@ -36,6 +36,16 @@ from mass_ref.lm.formats import PLAIN, PromptFormat, chat_format, parse_practice
 from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm, task_problems
 from mass_ref.lm.scorer import LMScorer, pooled_features
 from mass_ref.lm.mass import LMMassConfig, completion_logprobs, lm_meta_step, solver_grpo_step, train_lm_mass
+from mass_ref.lm.experiment import (
+    ALL_LINEAR,
+    EVAL_METHODS,
+    TRAINED_METHODS,
+    LMModelSpec,
+    evaluate_lm_methods,
+    load_lm_for_mass,
+    summarize_lm_methods,
+    train_lm_methods,
+)
 from mass_ref.lm.evaluate import (
     PracticeSet,
     practice_sets,
@@ -113,4 +123,13 @@ __all__ = [
     "test_time_accuracy",
     "test_time_gold_loss",
     "train_lm_mass",
+    # the chapter-5 experiment
+    "ALL_LINEAR",
+    "EVAL_METHODS",
+    "LMModelSpec",
+    "TRAINED_METHODS",
+    "evaluate_lm_methods",
+    "load_lm_for_mass",
+    "summarize_lm_methods",
+    "train_lm_methods",
 ]
