@@ -37,7 +37,7 @@ def pooled_features(
     *,
     batch_size: int = 16,
 ) -> Tensor:
-    """Mean-pooled last hidden states of ``"Problem: T\\n" + prompt + answer``, shape ``[m, H]`` (no grad).
+    """Mean-pooled last hidden states of ``"Problem: T\\n" + prompt + answer``, shape ``[m, H]`` (no grad, model dtype).
 
     A peft model is read with its adapters disabled, so the features do not move while the
     adapters are meta-trained.
@@ -60,7 +60,7 @@ def pooled_features(
                 features.append((hidden * weight).sum(1) / weight.sum(1))
     finally:
         model.train(was_training)
-    return torch.cat(features).float()
+    return torch.cat(features)
 
 
 class LMScorer(nn.Module):
@@ -77,4 +77,5 @@ class LMScorer(nn.Module):
         if features.ndim != 2:
             raise ValueError(f"features must have shape [m, H]; got {tuple(features.shape)}.")
         m = features.shape[0]
+        features = features.to(self.net[1].weight.dtype)  # the frozen LM may run in another precision
         return 4.0 / m * torch.sigmoid(self.net(features) - math.log(3.0))[..., 0]

@@ -65,6 +65,9 @@ class TinyLMSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # lists (from JSON/YAML) become tuples, so equal specs compare and hash equal
+        object.__setattr__(self, "number_range", tuple(self.number_range))
+        object.__setattr__(self, "difficulties", tuple(self.difficulties))
         for name in ("n_train_problems", "vocab_size", "hidden_size", "layers", "heads", "steps", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -1,0 +1,247 @@
+"""MASS on an LM: prompt formats, the scorer, the meta-step's gradients, resume, and the evaluation helpers.
+
+A seconds-sized tiny arithmetic LM (the smoke spec) is pretrained once per module into tmp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import mass_ref.lm.evaluate as lm_evaluate  # a module: its test_time_* functions must not be collected as tests
+
+from mass_ref.lm import (
+    PLAIN,
+    LMMassConfig,
+    LMScorer,
+    TinyLMSpec,
+    adapt_lora,
+    add_lora,
+    lm_meta_step,
+    lora_parameters,
+    lora_sft_steps_on_batch,
+    pooled_features,
+    pretrained_tiny_lm,
+    pretraining_corpus,
+    random_practice,
+    related_practice,
+    restored_lora,
+    sft_batch,
+    sft_losses_per_example,
+    solver_grpo_step,
+    task_problems,
+    train_lm_mass,
+    use_exact_float64,
+)
+from mass_ref.lm.formats import parse_practice, practice_prompt
+from mass_ref.profiles import SMOKE_TINY_LM
+from mass_ref.tasks.arithmetic import sample_arithmetic_problems, solve_question
+
+SPEC = TinyLMSpec(**SMOKE_TINY_LM)
+SMALL = LMMassConfig(num_synthetic=3, num_inner_steps=2, meta_batch_size=2, num_answers=2,
+                     practice_max_new_tokens=30, answer_max_new_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    model, tokenizer, info = pretrained_tiny_lm(SPEC, tmp_path_factory.mktemp("cache"), progress=False)
+    return model, tokenizer, info
+
+
+@pytest.fixture()
+def peft64(pretrained):
+    """A fresh float64 (exact) copy of the tiny LM with LoRA, B made non-zero so every path has gradient."""
+    import copy
+
+    base = use_exact_float64(copy.deepcopy(pretrained[0]).double())
+    model = add_lora(base, r=2, alpha=4, target_modules=("q_proj", "v_proj", "up_proj"), seed=0)
+    with torch.no_grad():
+        for name, p in lora_parameters(model).items():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    return model
+
+
+def test_every_template_question_is_read_back_to_its_answer_and_skills() -> None:
+    problems = sample_arithmetic_problems(2000, seed=11)
+    assert all(solve_question(p.question) == (p.answer, p.skills) for p in problems)
+    p = problems[0]
+    assert solve_question(p.question.replace(str(p.start), "x", 1)) is None
+    assert solve_question("Ava has 5 cards. Then Ava loses 9 of the cards. How many cards does Ava have now?") is None
+
+
+def test_practice_completions_parse_back_into_solve_pairs() -> None:
+    (p,) = sample_arithmetic_problems(1, seed=2)
+    completion = f" {p.question}\nAnswer: {p.solution}"
+    assert parse_practice(completion) == (p.question, p.solution)
+    assert PLAIN.parse(completion) == PLAIN.solve_pair(p.question, p.solution)
+    assert parse_practice(" no answer mark") is None and parse_practice(" q\nAnswer:   ") is None
+
+
+def test_pretraining_corpus_pairs_practice_documents_by_skill_set() -> None:
+    problems = sample_arithmetic_problems(300, seed=4, split="train")
+    corpus = pretraining_corpus(problems, practice_fraction=1.0, seed=0)
+    practice = [t for t in corpus if t.startswith("Problem: ")]
+    assert len(corpus) == len(problems) + len(practice) and len(practice) > 250
+    for text in practice[:50]:
+        target = text[len("Problem: "):text.index("\nSimilar problem:")]
+        related = parse_practice(text[len(practice_prompt(target)):])
+        assert related is not None
+        assert set(solve_question(target)[1]) == set(solve_question(related[0])[1])
+    with pytest.raises(ValueError, match="practice_fraction"):
+        pretraining_corpus(problems, practice_fraction=1.5)
+
+
+def test_tiny_lm_cache_is_keyed_by_spec_and_reused(pretrained, tmp_path) -> None:
+    _, _, info = pretrained
+    assert TinyLMSpec(**info["spec"]) == SPEC and len(info["losses"]) == SPEC.steps
+    assert info["loss_last"] < info["loss_first"]
+    assert TinyLMSpec(steps=2).key() != TinyLMSpec(steps=3).key()
+    with pytest.raises(ValueError, match="hidden_size"):
+        TinyLMSpec(hidden_size=30, heads=4)
+
+
+def test_scorer_starts_uniform_and_keeps_weights_in_range() -> None:
+    scorer = LMScorer(8)
+    features = torch.randn(5, 8)
+    assert torch.allclose(scorer(features), torch.full((5,), 1 / 5))
+    with torch.no_grad():
+        scorer.net[-1].bias.fill_(100.0)
+    assert torch.all(scorer(features) <= 4 / 5) and torch.all(scorer(features) > 0)
+    with pytest.raises(ValueError, match=r"\[m, H\]"):
+        scorer(torch.randn(8))
+
+
+def test_pooled_features_ignore_the_lora_adapters(peft64, pretrained) -> None:
+    tokenizer = pretrained[1]
+    examples = [("Question: a\nAnswer:", " 1"), ("Question: bb\nAnswer:", " 22")]
+    before = pooled_features(peft64, tokenizer, "target", examples)
+    with restored_lora(peft64) as lora, torch.no_grad():
+        for p in lora.values():
+            p.add_(1.0)
+        after = pooled_features(peft64, tokenizer, "target", examples)
+    assert before.shape == (2, peft64.config.hidden_size) and torch.equal(before, after)
+
+
+def test_in_place_sgd_used_for_sampling_equals_the_differentiable_inner_loop(peft64, pretrained) -> None:
+    tokenizer = pretrained[1]
+    problems = task_problems(SPEC, 3, split="train", seed=5)
+    batch = sft_batch(tokenizer, [PLAIN.solve_pair(p.question, p.solution) for p in problems], add_bos=True)
+    weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    adapted = adapt_lora(peft64, batch, inner_lr=0.7, num_steps=2, weights=weights)
+    with restored_lora(peft64) as lora:
+        lora_sft_steps_on_batch(peft64, batch, steps=2, lr=0.7, optimizer="sgd", weights=weights)
+        for name, p in lora.items():
+            torch.testing.assert_close(p, adapted.params[name].detach(), rtol=0, atol=1e-12)
+
+
+def _fake_practice(problems, m):
+    """Parseable practice completions: related training problems, every other one with a wrong answer."""
+    pool = task_problems(SPEC, 50, split="train", seed=8)
+    return [[f" {q.question}\nAnswer: {q.solution if i % 2 else q.solution.replace('#### ', '#### 1')}"
+             for i, q in enumerate(pool[b * m:(b + 1) * m])] for b in range(len(problems))]
+
+
+def test_scorer_gradient_of_the_meta_step_equals_the_direct_chain_rule(peft64, pretrained, monkeypatch) -> None:
+    """lm_meta_step splits ∂L/∂η into ∂L/∂s (through the inner loop) then s.backward; rebuild it in one graph."""
+    import mass_ref.lm.mass as lm_mass
+
+    tokenizer = pretrained[1]
+    config = dataclasses.replace(SMALL, train_generator=False)
+    problems = task_problems(SPEC, 2, split="train", seed=7)
+    completions = _fake_practice(problems, config.num_synthetic)
+    monkeypatch.setattr(lm_mass, "sample_answers", lambda *args, **kwargs: completions)
+    torch.manual_seed(0)
+    scorer = LMScorer(peft64.config.hidden_size).double()
+    with torch.no_grad():
+        scorer.net[-1].weight.normal_(0, 0.3)
+    optimizer = torch.optim.SGD(scorer.parameters(), lr=0.0)  # lr 0: η stays put; read its gradient
+    grads = {}
+    optimizer.step = lambda *a, **k: grads.update({n: p.grad.clone() for n, p in scorer.named_parameters()})
+    lm_meta_step(peft64, tokenizer, PLAIN, scorer, problems, config, {"scorer": optimizer}, seed=3)
+    total = 0.0
+    for problem, group in zip(problems, completions):
+        examples = [PLAIN.parse(c) for c in group]
+        weights = scorer(pooled_features(peft64, tokenizer, problem.question, examples).double())
+        adapted = adapt_lora(peft64, sft_batch(tokenizer, examples, add_bos=True), inner_lr=config.inner_lr,
+                             num_steps=config.num_inner_steps, weights=weights)
+        gold = sft_batch(tokenizer, [PLAIN.solve_pair(problem.question, problem.solution)], add_bos=True)
+        total = total + sft_losses_per_example(adapted, gold).mean() / len(problems)
+    expected = torch.autograd.grad(total, list(scorer.parameters()))
+    assert all(g.abs().max() > 0 for g in expected)
+    for (name, _), g in zip(scorer.named_parameters(), expected):
+        torch.testing.assert_close(grads[name], g, rtol=1e-9, atol=1e-14)
+
+
+def test_generator_and_solver_steps_move_only_lora(pretrained) -> None:
+    import copy
+
+    model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=0)
+    tokenizer = pretrained[1]
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    lora0 = {n: p.detach().clone() for n, p in lora_parameters(model).items()}
+    problems = task_problems(SPEC, 2, split="train", seed=9)
+    opt = {"generator": torch.optim.Adam(list(lora_parameters(model).values()), lr=1e-2)}
+    lm_meta_step(model, tokenizer, PLAIN, None, problems, dataclasses.replace(SMALL, train_scorer=False), opt, seed=1)
+    solver_grpo_step(model, tokenizer, PLAIN, problems, dataclasses.replace(SMALL, method="solver_grpo"), opt, seed=1)
+    assert any(not torch.equal(p, lora0[n]) for n, p in lora_parameters(model).items())
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if "lora_" not in n)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("outer_mode", ["gold", "verifier"])
+def test_interrupted_training_resumes_to_the_same_final_state(pretrained, tmp_path, outer_mode) -> None:
+    import copy
+
+    config = dataclasses.replace(SMALL, outer_mode=outer_mode)
+    states = []
+    for run, stops in (("straight", [None]), ("resumed", [1, None])):
+        model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=0)
+        for stop in stops:
+            torch.manual_seed(0)
+            scorer = LMScorer(model.config.hidden_size)
+            history = train_lm_mass(model, pretrained[1], PLAIN, scorer, config,
+                                    lambda t: task_problems(SPEC, 2, split="train", seed=100 + t), steps=3, seed=4,
+                                    checkpoint_path=tmp_path / f"{run}.pt", checkpoint_every=1, stop_after=stop,
+                                    progress=False)
+        states.append((history, {n: p.detach().clone() for n, p in lora_parameters(model).items()},
+                       scorer.state_dict()))
+    (h1, lora1, s1), (h2, lora2, s2) = states
+    assert len(h1) == len(h2) == 3
+    assert all(torch.equal(lora1[n], lora2[n]) for n in lora1)
+    assert all(torch.equal(s1[n], s2[n]) for n in s1)
+    with pytest.raises(ValueError, match="another config or seed"):
+        train_lm_mass(model, pretrained[1], PLAIN, scorer, config, lambda t: [], steps=3, seed=5,
+                      checkpoint_path=tmp_path / "straight.pt", progress=False)
+
+
+def test_config_and_trainer_refuse_bad_values() -> None:
+    for bad, match in ((dict(method="sft"), "method"), (dict(outer_mode="mse"), "outer_mode"),
+                       (dict(num_synthetic=1), "num_synthetic"), (dict(inner_lr=0.0), "inner_lr"),
+                       (dict(gamma_solve=-1.0), "gamma_solve"), (dict(train_generator=False, train_scorer=False),
+                                                                  "nothing to meta-train")):
+        with pytest.raises(ValueError, match=match):
+            LMMassConfig(**bad)
+
+
+def test_practice_pools_and_gold_loss_without_examples(pretrained) -> None:
+    import copy
+
+    model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=0)
+    tokenizer = pretrained[1]
+    targets = task_problems(SPEC, 4, split="test", seed=1)
+    related = related_practice(task_problems(SPEC, 400, split="test", seed=2), PLAIN, targets, m=3, seed=0)
+    for target, examples in zip(targets, related):
+        for prompt, _ in examples:
+            question = prompt[len("Question: "):-len("\nAnswer:")]
+            assert set(solve_question(question)[1]) == set(target.skills) and question != target.question
+    assert len(random_practice(task_problems(SPEC, 10, split="train", seed=3), PLAIN, 4, m=3, seed=0)) == 4
+    with pytest.raises(ValueError, match="fewer than m"):
+        random_practice(targets, PLAIN, 2, m=5, seed=0)
+    base = lm_evaluate.test_time_gold_loss(model, tokenizer, PLAIN, targets, None, steps=1, inner_lr=1.0)
+    with torch.no_grad():
+        direct = sft_losses_per_example(model, sft_batch(
+            tokenizer, [PLAIN.solve_pair(p.question, p.solution) for p in targets], add_bos=True))
+    torch.testing.assert_close(torch.tensor(base), direct, rtol=1e-5, atol=1e-6)
