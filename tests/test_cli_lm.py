@@ -1,0 +1,167 @@
+"""The command line's LM experiment (``experiment: lm_mass``): every bad field named, resume, evaluate.
+
+The smoke config's tiny LM is pretrained once per module into a tmp cache (about 8 s).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mass_ref.__main__ import main
+from mass_ref.checkpoint import load_checkpoint
+from mass_ref.config import ConfigError, LMRunConfig, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = yaml.safe_load((ROOT / "configs" / "lm_mass_smoke.yaml").read_text())
+METHODS = SMOKE["methods"]
+
+
+def with_field(dotted: str, value) -> dict:
+    data = json.loads(json.dumps(SMOKE))
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return data
+
+
+BAD = [  # (dotted field, bad value, what the message must name)
+    ("epochs", 3, "epochs"),
+    ("n_seeds", 0, "n_seeds"),
+    ("n_seeds", True, "n_seeds"),
+    ("steps", -3, "steps"),
+    ("cache_dir", " ", "cache_dir"),
+    ("cache_dir", 5, "cache_dir"),
+    ("methods", [], "methods"),
+    ("methods", "mass", "methods"),
+    ("methods", ["mass", "maml"], r"methods\[1\]"),
+    ("methods", ["mass", 3], r"methods\[1\]"),
+    ("methods", ["mass", "mass"], r"methods\[1\]"),
+    ("model", "tiny", "model"),
+    ("model.name", "gpt2", r"model\.name"),
+    ("model.depth", 2, r"model\.depth"),
+    ("model.lora_rank", 0, r"model\.lora_rank"),
+    ("model.lora_alpha", "big", r"model\.lora_alpha"),
+    ("model.lora_targets", [], r"model\.lora_targets"),
+    ("model.lora_targets", "q_proj", r"model\.lora_targets"),
+    ("model.tiny.width", 8, r"model\.tiny\.width"),
+    ("model.tiny.hidden_size", 33, r"model\.tiny\.hidden_size"),
+    ("model.tiny.layers", 1.5, r"model\.tiny\.layers"),
+    ("model.tiny.steps", True, r"model\.tiny\.steps"),
+    ("model.tiny.number_range", [2, 9, 12], r"model\.tiny\.number_range"),
+    ("model.tiny.number_range", [5, 3], r"model\.tiny\.number_range"),
+    ("model.tiny.difficulties", [1], r"model\.tiny\.difficulties"),
+    ("model.tiny.difficulties", [1, "two"], r"model\.tiny\.difficulties\[1\]"),
+    ("model.tiny.max_value", 10, r"model\.tiny\.max_value"),
+    ("mass.method", "solver_grpo", r"mass\.method"),
+    ("mass.outer_mode", "verifier", r"mass\.outer_mode"),
+    ("mass.inner_lr", -1.0, r"mass\.inner_lr"),
+    ("mass.inner_lr", "fast", r"mass\.inner_lr"),
+    ("mass.num_synthetic", 1, r"mass\.num_synthetic"),
+    ("mass.meta_batch_size", True, r"mass\.meta_batch_size"),
+    ("mass.train_scorer", 1, r"mass\.train_scorer"),
+    ("mass.beta", 0.1, r"mass\.beta"),
+    ("evaluate.n_problems", 0, r"evaluate\.n_problems"),
+    ("evaluate.num_examples", 2.0, r"evaluate\.num_examples"),
+    ("evaluate.budget", 3, r"evaluate\.budget"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "named"), BAD, ids=[f"{f}={v!r}" for f, v, _ in BAD])
+def test_every_bad_field_is_named(field: str, value, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        parse_config(with_field(field, value))
+
+
+def test_a_bad_config_fails_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**with_field("mass.inner_lr", 0), "output_dir": str(tmp_path / "run")}))
+    assert main(["train", "--config", str(path), "--no-progress"]) == 2
+    assert "mass.inner_lr must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_configs_parse_into_lm_run_configs_and_round_trip() -> None:
+    for name in ("lm_mass_smoke", "lm_mass_tiny", "lm_mass_smollm2"):
+        config = load_config(ROOT / "configs" / f"{name}.yaml")
+        assert isinstance(config, LMRunConfig) and isinstance(config.model.tiny.number_range, tuple)
+        assert config.seeds == tuple(range(config.seed, config.seed + config.n_seeds))
+        recorded = yaml.safe_load(yaml.safe_dump(config.to_dict()))  # what config.yaml holds
+        assert "method" not in recorded["mass"] and parse_config(recorded) == config
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lm_cache")
+
+
+def smoke_config(folder: Path, name: str, cache: Path) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**SMOKE, "output_dir": str(folder / name), "cache_dir": str(cache)}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
+    """A smoke run trained without interruption (shared by the tests below)."""
+    folder = tmp_path_factory.mktemp("straight")
+    config = smoke_config(folder, "run", cache)
+    assert main(["train", "--config", str(config), "--no-progress"]) == 0
+    return config
+
+
+def checkpoints(run_dir: Path) -> dict[str, dict]:
+    return {path.name: load_checkpoint(path) for path in sorted(run_dir.glob("*_seed*.pt"))}
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_interrupted_training_resumes_to_the_same_final_state(
+    tmp_path: Path, cache: Path, straight: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = smoke_config(tmp_path, "run", cache)
+    assert main(["train", "--config", str(config), "--no-progress", "--stop-after", "1"]) == 0
+    assert [len(state["history"]) for state in checkpoints(tmp_path / "run").values()] == [1] * len(METHODS)
+    assert [(row["method"], row["step"]) for row in metrics(tmp_path / "run")] == [(m, 1) for m in METHODS]
+
+    capsys.readouterr()
+    assert main(["evaluate", "--config", str(config)]) == 2  # unfinished: refused before any work
+    error = capsys.readouterr().err
+    assert "unfinished" in error and "run `train`" in error and "1/2" in error
+    assert not (tmp_path / "run" / "eval.json").exists()
+
+    assert main(["train", "--config", str(config), "--no-progress"]) == 0
+    resumed, uninterrupted = checkpoints(tmp_path / "run"), checkpoints(straight.parent / "run")
+    assert sorted(resumed) == sorted(f"{m}_seed0.pt" for m in METHODS) == sorted(uninterrupted)
+    for name, a in resumed.items():
+        b = uninterrupted[name]
+        assert json.dumps(a["history"]) == json.dumps(b["history"]) and len(a["history"]) == SMOKE["steps"]
+        assert a["lora"].keys() == b["lora"].keys() and all(torch.equal(a["lora"][k], b["lora"][k]) for k in a["lora"])
+        assert (a["scorer"] is None) == (b["scorer"] is None)
+        if a["scorer"] is not None:
+            assert all(torch.equal(a["scorer"][k], b["scorer"][k]) for k in a["scorer"])
+    assert json.dumps(metrics(tmp_path / "run")) == json.dumps(metrics(straight.parent / "run"))  # NaN-safe
+    assert [(row["method"], row["seed"], row["step"]) for row in metrics(tmp_path / "run")] == \
+        [(m, 0, step) for m in METHODS for step in range(1, SMOKE["steps"] + 1)]
+
+
+def test_python_dash_m_evaluates_all_six_methods(straight: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "mass_ref", "evaluate", "--config", str(straight), "--no-progress"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((straight.parent / "run" / "eval.json").read_text())
+    methods = ("base", "base_ttt", "tt_ss", "solver_grpo", "mass_gold", "mass")
+    assert {f"acc_{m}{twin}" for m in methods for twin in ("", "_ci95")} <= set(report)
+    assert report["n_problems"] == SMOKE["evaluate"]["n_problems"] and report["n_seeds"] == 1
+    assert (straight.parent / "run" / "eval_seed0.json").is_file()
+    assert all(m in result.stdout for m in methods)
