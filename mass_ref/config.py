@@ -171,7 +171,7 @@ class LMRunConfig(_Run):
     cache_dir: str = "build/cache"
 
     def __post_init__(self) -> None:
-        from mass_ref.lm.experiment import TRAINED_METHODS
+        from mass_ref.lm.experiment import ALL_LINEAR, TRAINED_METHODS
         from mass_ref.lm.tiny import TinyLMSpec, task_problems
 
         super().__post_init__()
@@ -186,6 +186,13 @@ class LMRunConfig(_Run):
                 raise ConfigError(f"methods[{i}] repeats {method!r}; name each method once.")
         if not self.cache_dir.strip():
             raise ConfigError("cache_dir must be a non-empty path, e.g. build/cache.")
+        for i, target in enumerate(self.model.lora_targets):  # else add_lora fails only after the model loads
+            if target not in ALL_LINEAR:
+                raise ConfigError(f"model.lora_targets[{i}] must be one of {ALL_LINEAR} (the linear layers of both "
+                                  f"models); got {target!r}.")
+        fraction = self.model.tiny.practice_fraction
+        if not 0.0 <= fraction <= 1.0:  # else pretraining fails after the work started
+            raise ConfigError(f"model.tiny.practice_fraction must be in [0, 1]; got {fraction!r}.")
         try:  # the task family (numbers, difficulties) must give both training and test problems
             task_problems(self.model.tiny, 0, split="test", seed=0)
         except ValueError as error:
