@@ -24,7 +24,7 @@ from mass_ref.attribution import (
 )
 from mass_ref import toy
 from mass_ref.checkpoint import load_checkpoint, save_checkpoint
-from mass_ref.config import ConfigError, RunConfig, load_config, parse_config
+from mass_ref.config import ConfigError, LMRunConfig, RunConfig, load_config, parse_config
 from mass_ref.distill import DistilledExamples, adapted_task_losses, distill_examples
 from mass_ref.grpo import clipped_policy_loss, group_advantages
 from mass_ref.inner import BACKENDS, AdaptedModel, inner_adapt, weighted_inner_loss
@@ -69,6 +69,7 @@ __all__ = [
     "DistilledExamples",
     "MamlSineSizes",
     "MassToySizes",
+    "LMRunConfig",
     "RunConfig",
     "PROFILES",
     "SineTasks",
