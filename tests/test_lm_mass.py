@@ -245,3 +245,18 @@ def test_practice_pools_and_gold_loss_without_examples(pretrained) -> None:
         direct = sft_losses_per_example(model, sft_batch(
             tokenizer, [PLAIN.solve_pair(p.question, p.solution) for p in targets], add_bos=True))
     torch.testing.assert_close(torch.tensor(base), direct, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_refuses_unfinished_training_before_any_work(pretrained, tmp_path, monkeypatch) -> None:
+    import copy
+
+    import mass_ref.lm.experiment as experiment
+
+    model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=0)
+    monkeypatch.setattr(experiment, "task_problems", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(ValueError, match=r"mass_gold_seed0.pt holds 0/3 steps; train it first"):
+        experiment.evaluate_lm_methods(model, pretrained[1], PLAIN, SMALL, SPEC, methods=["base", "mass_gold"], seed=0,
+                                       steps=3, output_dir=tmp_path, n_problems=2, num_examples=2)
+    with pytest.raises(ValueError, match="unknown method"):
+        experiment.evaluate_lm_methods(model, pretrained[1], PLAIN, SMALL, SPEC, methods=["oracle"], seed=0, steps=3,
+                                       output_dir=tmp_path, n_problems=2, num_examples=2)

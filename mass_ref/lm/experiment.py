@@ -44,8 +44,8 @@ from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm, task_problems
 from mass_ref.results import mean_ci95
 from mass_ref.tasks.arithmetic import ArithmeticProblem
 
-__all__ = ["ALL_LINEAR", "LMModelSpec", "TRAINED_METHODS", "EVAL_METHODS", "evaluate_lm_methods", "load_lm_for_mass",
-           "summarize_lm_methods", "train_lm_methods"]
+__all__ = ["ALL_LINEAR", "EVAL_METHODS", "LMModelSpec", "TRAINED_METHODS", "checkpoint_path", "evaluate_lm_methods",
+           "load_lm_for_mass", "summarize_lm_methods", "train_lm_methods"]
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MODEL_NAMES = ("tiny", "smollm2")
@@ -106,8 +106,9 @@ def _reset_lora(model: nn.Module, initial: dict[str, torch.Tensor]) -> None:
             tensor.copy_(initial[name])
 
 
-def _checkpoint(output_dir: Path, method: str, seed: int) -> Path:
-    return output_dir / f"{method}_seed{seed}.pt"
+def checkpoint_path(output_dir: str | Path, method: str, seed: int) -> Path:
+    """Where :func:`train_lm_methods` keeps the checkpoint of one (method, seed) run."""
+    return Path(output_dir) / f"{method}_seed{seed}.pt"
 
 
 def train_lm_methods(
@@ -159,7 +160,7 @@ def train_lm_methods(
                 callback = None if on_checkpoint is None else (lambda h, m=method, s=seed: on_checkpoint(m, s, h))
                 histories.setdefault(method, {})[seed] = train_lm_mass(
                     model, tokenizer, fmt, scorer, run_config, problems_for_step, steps=steps, seed=seed,
-                    checkpoint_path=_checkpoint(output_dir, method, seed), checkpoint_every=checkpoint_every,
+                    checkpoint_path=checkpoint_path(output_dir, method, seed), checkpoint_every=checkpoint_every,
                     stop_after=stop_after, progress=progress, on_checkpoint=callback)
     finally:
         _reset_lora(model, initial)
@@ -174,11 +175,7 @@ def _new_scorer(model: nn.Module, seed: int, device: torch.device) -> LMScorer:
 
 def _trained_state(model: nn.Module, output_dir: Path, method: str, seed: int, steps: int) -> LMScorer | None:
     """Load a finished run's LoRA tensors into ``model``; return its scorer (None if it has none)."""
-    state = load_checkpoint(_checkpoint(output_dir, method, seed))
-    if state is None or len(state["history"]) < steps:
-        done = 0 if state is None else len(state["history"])
-        raise ValueError(f"{_checkpoint(output_dir, method, seed)} holds {done}/{steps} steps; train it first "
-                         "(train_lm_methods / `python -m mass_ref train` resume where they stopped).")
+    state = load_checkpoint(checkpoint_path(output_dir, method, seed))  # finished: evaluate_lm_methods checked
     with torch.no_grad():
         for name, tensor in lora_parameters(model).items():
             tensor.copy_(state["lora"][name])
@@ -220,6 +217,13 @@ def evaluate_lm_methods(
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(EVAL_METHODS)}.")
     output_dir = Path(output_dir)
+    for method in methods:  # refuse unfinished training before any work
+        if method in TRAINED_METHODS:
+            state = load_checkpoint(checkpoint_path(output_dir, method, seed))
+            done = 0 if state is None else len(state["history"])
+            if done < steps:
+                raise ValueError(f"{checkpoint_path(output_dir, method, seed)} holds {done}/{steps} steps; train it "
+                                 "first (train_lm_methods / `python -m mass_ref train` resume where they stopped).")
     problems = task_problems(tiny, n_problems, split="test", seed=20_000 + seed)
     initial = {name: t.detach().clone() for name, t in lora_parameters(model).items()}
     budget = dict(steps=num_inner_steps, inner_lr=config.inner_lr)
