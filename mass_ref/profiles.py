@@ -143,7 +143,8 @@ class MassLLMSizes:
         num_test_examples: m at test time (paper: 6); one inner step at test time.
         n_eval_problems: held-out problems per seed. n_seeds: runs per method.
         m_curve: the m values of the data-efficiency curve.
-        smollm2_meta_steps, smollm2_n_eval_problems, smollm2_seeds: the SmolLM2-135M run (0 steps: skipped).
+        smollm2_meta_steps: SmolLM2-135M meta-training steps (0: only the untrained methods are evaluated).
+        smollm2_n_eval_problems, smollm2_seeds: its evaluation (0 problems: the SmolLM2 section is skipped).
         checkpoint_every: meta-steps between checkpoints.
     """
 
@@ -184,9 +185,9 @@ _SIZES: dict[str, dict[str, Any]] = {
         "gpu": LMTestTimeSizes(CPU_TINY_LM, 500, 6, (0.3, 1.0, 3.0)),
     },
     "05_mass_llm": {
-        "smoke": MassLLMSizes(SMOKE_TINY_LM, 2, 2, 3, 1, 2, 4, 3, (1, 2), 1, 2, 1, 1),
-        "cpu": MassLLMSizes(CPU_TINY_LM, 40, 4, 12, 2, 6, 100, 3, (1, 2, 4, 6, 12), 4, 20, 3, 10),
-        "gpu": MassLLMSizes(CPU_TINY_LM, 100, 8, 12, 2, 6, 500, 5, (1, 2, 4, 6, 12), 100, 200, 3, 10),
+        "smoke": MassLLMSizes(SMOKE_TINY_LM, 2, 2, 3, 1, 2, 4, 3, (1, 2), 0, 0, 1, 1),
+        "cpu": MassLLMSizes(CPU_TINY_LM, 16, 4, 12, 2, 6, 80, 3, (1, 3, 6, 12), 0, 8, 1, 4),
+        "gpu": MassLLMSizes(CPU_TINY_LM, 100, 8, 12, 2, 6, 500, 5, (1, 3, 6, 12), 100, 200, 3, 10),
     },
 }
 
