@@ -44,6 +44,7 @@ from mass_ref.lm.experiment import (
     checkpoint_path,
     evaluate_lm_methods,
     load_lm_for_mass,
+    model_results,
     summarize_lm_methods,
     train_lm_methods,
 )
@@ -132,6 +133,7 @@ __all__ = [
     "checkpoint_path",
     "evaluate_lm_methods",
     "load_lm_for_mass",
+    "model_results",
     "summarize_lm_methods",
     "train_lm_methods",
 ]

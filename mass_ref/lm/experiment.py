@@ -45,7 +45,7 @@ from mass_ref.results import mean_ci95
 from mass_ref.tasks.arithmetic import ArithmeticProblem
 
 __all__ = ["ALL_LINEAR", "EVAL_METHODS", "LMModelSpec", "TRAINED_METHODS", "checkpoint_path", "evaluate_lm_methods",
-           "load_lm_for_mass", "summarize_lm_methods", "train_lm_methods"]
+           "load_lm_for_mass", "model_results", "summarize_lm_methods", "train_lm_methods"]
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MODEL_NAMES = ("tiny", "smollm2")
@@ -282,3 +282,23 @@ def summarize_lm_methods(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict
             summary["scorer_auc_method"] = method  # type: ignore[assignment]
             break
     return summary
+
+
+def model_results(name: str, table: dict[str, float], *, time_ratio: float, methods: Sequence[str]) -> dict[str, Any]:
+    """Prefix one model's :func:`summarize_lm_methods` table for a results file: ``<name>_<key>``.
+
+    Keeps ``acc_*``, ``gold_loss_*`` and ``scorer_auc_wrong_vs_right`` (NaN entries are dropped: no
+    number is better than a made-up one), adds ``<name>_meta_step_over_sft_step_time_ratio`` =
+    ``time_ratio`` and ``<name>_methods_not_run``: the methods of :data:`EVAL_METHODS` absent from
+    ``methods``, comma-separated, or ``"none"``. A method that was not run gets no accuracy key.
+    """
+    if not name.isidentifier():
+        raise ValueError(f"model name {name!r} must be an identifier (it prefixes results keys), e.g. 'tiny'.")
+    out: dict[str, Any] = {f"{name}_n_problems": table["n_problems"], f"{name}_n_seeds": table["n_seeds"],
+                           f"{name}_meta_step_over_sft_step_time_ratio": time_ratio}
+    for key, value in table.items():
+        keep = key.startswith(("acc_", "gold_loss_")) or key == "scorer_auc_wrong_vs_right"
+        if keep and isinstance(value, float) and value == value:
+            out[f"{name}_{key}"] = value
+    out[f"{name}_methods_not_run"] = ", ".join(m for m in EVAL_METHODS if m not in methods) or "none"
+    return out
