@@ -8,6 +8,12 @@ saves it with :func:`~mass_ref.lm.models.save_lm` into ``cache_root/<spec hash>`
 with ``from_pretrained``: exactly the path a hub model takes. A second call with the same spec
 only loads (the cache is keyed by every field, so a changed spec never reuses a stale model).
 
+The default spec's model (the cpu profile's) also ships inside the package, saved by that same
+code (``scripts/ship_tiny_lm.py``): CPU pretraining is deterministic only for a fixed thread
+count (float sums are split differently across threads, and 1,500 Adam steps amplify the last
+bit into a different model), so shipping it gives every machine the chapters' exact model, and
+saves the 6–12 minutes of pretraining.
+
 Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
 
@@ -33,6 +39,8 @@ from mass_ref.tasks.arithmetic import ArithmeticProblem, sample_arithmetic_probl
 __all__ = ["TinyLMSpec", "pretrained_tiny_lm", "task_problems"]
 
 _DONE = "pretraining.json"
+SHIPPED_ROOT = Path(__file__).parent / "pretrained"
+"""Pretrained tiny LMs that ship with the package, one folder per :meth:`TinyLMSpec.key`."""
 
 
 @dataclass(frozen=True)
@@ -94,9 +102,12 @@ def task_problems(spec: TinyLMSpec, n: int, *, split: str, seed: int) -> list[Ar
 
 
 def pretrained_tiny_lm(
-    spec: TinyLMSpec, cache_root: str | Path, *, progress: bool = True
+    spec: TinyLMSpec, cache_root: str | Path, *, progress: bool = True, use_shipped: bool = True
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
     """Load the tiny LM of ``spec`` from ``cache_root/<spec.key()>``, pretraining it first if needed.
+
+    If the cache lacks it and the package ships a model for this spec (:data:`SHIPPED_ROOT`), that
+    folder is copied into the cache instead of pretraining (``use_shipped=False`` pretrains anyway).
 
     Returns:
         ``(model, tokenizer, info)``: the model loaded with ``from_pretrained`` (eager attention,
@@ -105,9 +116,16 @@ def pretrained_tiny_lm(
     """
     directory = Path(cache_root) / spec.key()
     done = directory / _DONE
+    shipped = SHIPPED_ROOT / spec.key()
     if not done.is_file():
         if directory.exists():  # an interrupted run: start the folder over
             shutil.rmtree(directory)
+    if not done.is_file() and use_shipped and (shipped / _DONE).is_file():
+        partial = directory.with_name(directory.name + ".partial")  # renamed only once complete
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(shipped, partial)
+        partial.rename(directory)
+    if not done.is_file():
         problems = task_problems(spec, spec.n_train_problems, split="train", seed=spec.seed)
         corpus = pretraining_corpus(problems, practice_fraction=spec.practice_fraction, seed=spec.seed)
         tokenizer = train_tokenizer(corpus, vocab_size=spec.vocab_size)
@@ -121,7 +139,8 @@ def pretrained_tiny_lm(
         save_lm(model, tokenizer, directory)
         info = {"spec": dataclasses.asdict(spec), "parameters": sum(p.numel() for p in model.parameters()),
                 "corpus_texts": len(corpus), "loss_first": losses[0], "loss_last": losses[-1],
-                "losses": losses, "seconds": seconds}
+                "losses": losses, "seconds": seconds,
+                "torch_threads": torch.get_num_threads(), "torch": torch.__version__}  # the result depends on both
         done.write_text(json.dumps(info) + "\n")  # written last: marks a complete folder
     model, tokenizer = load_lm(directory)
     return model, tokenizer, json.loads(done.read_text())
