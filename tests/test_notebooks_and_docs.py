@@ -118,6 +118,7 @@ def test_committed_cpu_results_of_chapter_4() -> None:
     # the chapter's headline: related (oracle) data lowers the gold loss detectably; random data does not
     assert results["d_gold_loss_related"] + results["d_gold_loss_related_ci95"] < 0
     assert abs(results["d_gold_loss_random"]) <= results["d_gold_loss_random_ci95"]
+    assert results["d_gold_loss_self"] - results["d_gold_loss_self_ci95"] > 0  # its own practice data hurts
     assert results["acc_base_train_like"] > results["acc_base_held_out"]
 
 
