@@ -12,6 +12,10 @@ The public API, grouped by the notebook that introduces it:
 * 03 MASS in miniature: the subpackage :mod:`mass_ref.toy` (generator, scorer, attribution rewards,
   gold and verifier outer losses, resumable meta-training), GRPO's advantages and clipped loss,
   and checkpoints; run configs for the command line (``python -m mass_ref train|evaluate``).
+* 04–05 Language models: the subpackage :mod:`mass_ref.lm` (import it explicitly: it loads
+  transformers and peft).
+* 06 Scalable meta-gradients: :func:`weight_meta_gradient`, the inner loop's meta-gradient by full
+  unroll, per-step recomputation, forward-over-reverse products, or first-order/truncated approximations.
 """
 
 from mass_ref.attribution import (
@@ -28,6 +32,7 @@ from mass_ref.config import ConfigError, LMRunConfig, RunConfig, load_config, pa
 from mass_ref.distill import DistilledExamples, adapted_task_losses, distill_examples
 from mass_ref.grpo import clipped_policy_loss, group_advantages
 from mass_ref.inner import BACKENDS, AdaptedModel, inner_adapt, weighted_inner_loss
+from mass_ref.metagrad import META_GRADIENT_MODES, MetaGradient, weight_meta_gradient
 from mass_ref.maml import (
     adam_train,
     adaptation_curve,
@@ -67,7 +72,9 @@ __all__ = [
     "ConfigError",
     "BACKENDS",
     "DistilledExamples",
+    "META_GRADIENT_MODES",
     "MamlSineSizes",
+    "MetaGradient",
     "MassToySizes",
     "LMRunConfig",
     "RunConfig",
@@ -110,5 +117,6 @@ __all__ = [
     "time_meta_gradient",
     "toy",
     "tune_inner_lr",
+    "weight_meta_gradient",
     "weighted_inner_loss",
 ]

@@ -1,0 +1,169 @@
+"""Meta-gradients of the weighted inner loop, five ways: exact at different memory costs, or approximate.
+
+The inner loop is K steps of SGD on a weighted loss (as in :func:`~mass_ref.inner.inner_adapt`),
+
+    φ_{k+1} = φ_k − α ∇_φ L_in(φ_k, w),   L_in(φ, w) = Σ_i w_i ℓ_i(φ),   k = 0..K−1,
+
+and the outer loss is L_out(φ_K). :func:`weight_meta_gradient` returns ∂L_out/∂w (MASS's
+attributions) and ∂L_out/∂φ_0. Writing v_k = ∂L_out/∂φ_k, reverse mode through one step is
+
+    v_k = v_{k+1} − α H_k v_{k+1},        ∂L_out/∂w += −α (∂²L_in/∂w∂φ)(φ_k) v_{k+1},
+
+with H_k = ∇²_φ L_in(φ_k, w). The modes differ in how they get these two products:
+
+==========================  =====================================================  ===================
+mode                        how                                                    memory
+==========================  =====================================================  ===================
+``unroll``                  one autograd graph through all K steps                 K steps' activations
+``checkpointed``            keep only φ_k; rebuild step k's graph on the way back  one step's activations
+``forward_over_reverse``    the same, products by ``torch.func.jvp`` over ``grad``  one step, no 2nd graph
+``first_order``             drop H_k (v stays ∂L_out/∂φ_K); exact for K = 1        one step
+``truncated``               exact through the last ``truncate`` steps only         ``truncate`` steps
+==========================  =====================================================  ===================
+
+The first three are exact (equal up to float rounding; tested in float64). Every mode except
+``unroll`` stores the K+1 parameter vectors φ_k, which for LoRA are tiny next to activations.
+
+Written for chapter 6 (notebooks/06_scalable_metagradients.ipynb, not yet written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp
+
+from mass_ref.inner import PerExampleLoss, inner_adapt
+
+__all__ = ["META_GRADIENT_MODES", "MetaGradient", "weight_meta_gradient"]
+
+META_GRADIENT_MODES = ("unroll", "checkpointed", "forward_over_reverse", "first_order", "truncated")
+Params = dict[str, Tensor]
+
+
+@dataclass
+class MetaGradient:
+    """The outer loss after the inner loop and its gradients (all detached).
+
+    Attributes:
+        outer_loss: L_out(φ_K), a scalar.
+        weights: ∂L_out/∂w, shape ``[n]`` (one attribution per support example).
+        params: ∂L_out/∂φ_0, ``{name: tensor}`` shaped like the adapted parameters.
+    """
+
+    outer_loss: Tensor
+    weights: Tensor
+    params: Params
+
+
+def weight_meta_gradient(
+    model: nn.Module,
+    loss_fn: PerExampleLoss,
+    support: Any,
+    outer_loss_fn: Callable[[Callable[..., Any]], Tensor],
+    *,
+    weights: Tensor,
+    inner_lr: float,
+    num_steps: int,
+    params: Mapping[str, Tensor],
+    mode: str = "unroll",
+    truncate: int | None = None,
+) -> MetaGradient:
+    """∂L_out(φ_K)/∂w and ∂L_out(φ_K)/∂φ_0 through K weighted SGD steps, by ``mode`` (module table).
+
+    Args:
+        model: the learner; run with ``params`` substituted (``torch.func.functional_call``).
+        loss_fn: ``loss_fn(forward, support) -> Tensor[n]``, per-example inner losses ℓ_i.
+        support: the inner batch, anything ``loss_fn`` understands.
+        outer_loss_fn: ``outer_loss_fn(forward) -> scalar``, L_out at the adapted parameters.
+        weights: w, shape ``[n]``.
+        inner_lr: α > 0 (a float: the same step for every parameter).
+        num_steps: K ≥ 1.
+        params: φ_0, ``{name: tensor}``, names of parameters of ``model`` (e.g. its LoRA tensors).
+        mode: one of :data:`META_GRADIENT_MODES`.
+        truncate: for ``mode="truncated"``, how many of the last steps to differentiate through (1..K).
+    """
+    _check(weights, inner_lr, num_steps, params, mode, truncate)
+    phi0 = {name: t.detach() for name, t in params.items()}
+    w = weights.detach()
+
+    def forward_with(p: Params) -> Callable[..., Any]:
+        return lambda *args, **kwargs: functional_call(model, p, args, kwargs, strict=False)
+
+    def inner(p: Params, w_: Tensor) -> Tensor:
+        return (w_ * loss_fn(forward_with(p), support)).sum()
+
+    def outer(p: Params) -> Tensor:
+        return outer_loss_fn(forward_with(p))
+
+    if mode == "unroll":
+        return _unroll(model, loss_fn, support, outer, phi0, w, inner_lr, num_steps)
+    trajectory = [phi0]  # φ_0..φ_K without any graph: the only state kept across steps
+    for _ in range(num_steps):
+        g = grad(inner)(trajectory[-1], w)
+        trajectory.append({n: trajectory[-1][n] - inner_lr * g[n] for n in phi0})
+    with torch.enable_grad():
+        p_last = {n: t.detach().requires_grad_() for n, t in trajectory[-1].items()}
+        loss = outer(p_last)
+        v = dict(zip(p_last, torch.autograd.grad(loss, list(p_last.values()))))
+    w_grad = torch.zeros_like(w)
+    first = num_steps - (truncate if mode == "truncated" else num_steps)
+    for k in reversed(range(first, num_steps)):
+        hv_phi, hv_w = _step_products(inner, trajectory[k], w, v, forward_mode=mode == "forward_over_reverse")
+        w_grad = w_grad - inner_lr * hv_w
+        if mode != "first_order":
+            v = {n: v[n] - inner_lr * hv_phi[n] for n in v}
+    return MetaGradient(loss.detach(), w_grad, {n: t.detach() for n, t in v.items()})
+
+
+def _step_products(
+    inner: Callable[[Params, Tensor], Tensor], phi: Params, w: Tensor, v: Params, *, forward_mode: bool
+) -> tuple[Params, Tensor]:
+    """(H v, (∂²L_in/∂w∂φ) v) at φ: reverse over reverse, or forward (jvp) over reverse (grad)."""
+    if forward_mode:
+        grads = grad(inner, argnums=(0, 1))
+        _, (hv_phi, hv_w) = jvp(lambda p: grads(p, w), (phi,), (v,))
+        return hv_phi, hv_w
+    with torch.enable_grad():
+        p = {n: t.detach().requires_grad_() for n, t in phi.items()}
+        w_ = w.detach().requires_grad_()
+        g = torch.autograd.grad(inner(p, w_), list(p.values()), create_graph=True)
+        dot = sum((gi * v[n]).sum() for gi, n in zip(g, p))
+        *hv, hv_w = torch.autograd.grad(dot, [*p.values(), w_], allow_unused=True)
+    hv_phi = {n: torch.zeros_like(p[n]) if h is None else h for n, h in zip(p, hv)}
+    return hv_phi, torch.zeros_like(w) if hv_w is None else hv_w
+
+
+def _unroll(model: nn.Module, loss_fn: PerExampleLoss, support: Any, outer: Callable[[Params], Tensor],
+            phi0: Params, w: Tensor, inner_lr: float, num_steps: int) -> MetaGradient:
+    with torch.enable_grad():
+        start = {n: t.clone().requires_grad_() for n, t in phi0.items()}
+        w_ = w.clone().requires_grad_()
+        adapted = inner_adapt(model, loss_fn, support, inner_lr=inner_lr, num_steps=num_steps, weights=w_,
+                              backend="torch.func", params=start)
+        loss = outer(dict(adapted.params))
+        *g_phi, g_w = torch.autograd.grad(loss, [*start.values(), w_])
+    return MetaGradient(loss.detach(), g_w, dict(zip(start, g_phi)))
+
+
+def _check(weights: Tensor, inner_lr: float, num_steps: int, params: Mapping[str, Tensor], mode: str,
+           truncate: int | None) -> None:
+    if mode not in META_GRADIENT_MODES:
+        raise ValueError(f"mode must be one of {META_GRADIENT_MODES}; got {mode!r}.")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1; got {num_steps!r}.")
+    if isinstance(inner_lr, Tensor) or not inner_lr > 0:
+        raise ValueError(f"inner_lr must be a positive float; got {inner_lr!r}.")
+    if weights.ndim != 1:
+        raise ValueError(f"weights must have shape [n], one per support example; got {tuple(weights.shape)}.")
+    if not params:
+        raise ValueError("params is empty; pass the tensors to adapt, e.g. lora_parameters(model).")
+    if mode == "truncated":
+        if not (isinstance(truncate, int) and 1 <= truncate <= num_steps):
+            raise ValueError(f"mode='truncated' needs truncate in 1..num_steps={num_steps}; got {truncate!r}.")
+    elif truncate is not None:
+        raise ValueError(f"truncate={truncate!r} only applies to mode='truncated'; got mode={mode!r}.")
