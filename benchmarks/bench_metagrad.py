@@ -70,7 +70,7 @@ def measure_one(model_name: str, mode: str, num_steps: int, m: int, cache_dir: P
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_kib("VmHWM") * 1024)
     return {"mode": mode, "K": num_steps, "seconds": seconds, "peak_mb": (peak - before) / 2**20,
-            "device": device.type, "tokens": int(support.attention_mask.sum())}
+            "device": device.type}
 
 
 def main() -> None:
@@ -96,7 +96,9 @@ def main() -> None:
     for mode in args.modes:
         for k in args.steps:
             child = [sys.executable, __file__, "--model", args.model, "--m", str(args.m), "--cache-dir",
-                     str(args.cache_dir), "--one", mode, str(k)] + (["--threads", str(args.threads)] if args.threads else [])
+                     str(args.cache_dir), "--one", mode, str(k)]
+            if args.threads:
+                child += ["--threads", str(args.threads)]
             out = subprocess.run(child, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             row = json.loads(out)
             print(f"{mode:22s} {k:3d} {row['seconds']:9.2f} {row['peak_mb']:9.1f}   ({row['device']})", flush=True)

@@ -116,31 +116,36 @@ def pretrained_tiny_lm(
     """
     directory = Path(cache_root) / spec.key()
     done = directory / _DONE
-    shipped = SHIPPED_ROOT / spec.key()
     if not done.is_file():
         if directory.exists():  # an interrupted run: start the folder over
             shutil.rmtree(directory)
-    if not done.is_file() and use_shipped and (shipped / _DONE).is_file():
-        partial = directory.with_name(directory.name + ".partial")  # renamed only once complete
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(shipped, partial)
-        partial.rename(directory)
-    if not done.is_file():
-        problems = task_problems(spec, spec.n_train_problems, split="train", seed=spec.seed)
-        corpus = pretraining_corpus(problems, practice_fraction=spec.practice_fraction, seed=spec.seed)
-        tokenizer = train_tokenizer(corpus, vocab_size=spec.vocab_size)
-        model = build_tiny_lm(tokenizer, hidden_size=spec.hidden_size, layers=spec.layers, heads=spec.heads,
-                              seed=spec.seed)
-        with torch.random.fork_rng(devices=[]):
-            start = time.perf_counter()
-            losses = pretrain_lm(model, tokenizer, corpus, steps=spec.steps, batch_size=spec.batch_size,
-                                 lr=spec.lr, seed=spec.seed, add_bos=True, progress=progress)
-            seconds = time.perf_counter() - start
-        save_lm(model, tokenizer, directory)
-        info = {"spec": dataclasses.asdict(spec), "parameters": sum(p.numel() for p in model.parameters()),
-                "corpus_texts": len(corpus), "loss_first": losses[0], "loss_last": losses[-1],
-                "losses": losses, "seconds": seconds,
-                "torch_threads": torch.get_num_threads(), "torch": torch.__version__}  # the result depends on both
-        done.write_text(json.dumps(info) + "\n")  # written last: marks a complete folder
+        shipped = SHIPPED_ROOT / spec.key()
+        if use_shipped and (shipped / _DONE).is_file():
+            partial = directory.with_name(directory.name + ".partial")  # renamed only once complete
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(shipped, partial)
+            partial.rename(directory)
+        else:
+            _pretrain_into(spec, directory, progress=progress)
     model, tokenizer = load_lm(directory)
     return model, tokenizer, json.loads(done.read_text())
+
+
+def _pretrain_into(spec: TinyLMSpec, directory: Path, *, progress: bool) -> None:
+    """Tokenizer, model, pretraining and ``save_pretrained`` into ``directory``; the record is written last."""
+    problems = task_problems(spec, spec.n_train_problems, split="train", seed=spec.seed)
+    corpus = pretraining_corpus(problems, practice_fraction=spec.practice_fraction, seed=spec.seed)
+    tokenizer = train_tokenizer(corpus, vocab_size=spec.vocab_size)
+    model = build_tiny_lm(tokenizer, hidden_size=spec.hidden_size, layers=spec.layers, heads=spec.heads,
+                          seed=spec.seed)
+    with torch.random.fork_rng(devices=[]):
+        start = time.perf_counter()
+        losses = pretrain_lm(model, tokenizer, corpus, steps=spec.steps, batch_size=spec.batch_size,
+                             lr=spec.lr, seed=spec.seed, add_bos=True, progress=progress)
+        seconds = time.perf_counter() - start
+    save_lm(model, tokenizer, directory)
+    info = {"spec": dataclasses.asdict(spec), "parameters": sum(p.numel() for p in model.parameters()),
+            "corpus_texts": len(corpus), "loss_first": losses[0], "loss_last": losses[-1],
+            "losses": losses, "seconds": seconds,
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}  # the result depends on both
+    (directory / _DONE).write_text(json.dumps(info) + "\n")  # written last: marks a complete folder
