@@ -16,6 +16,8 @@ The public API, grouped by the notebook that introduces it:
   transformers and peft).
 * 06 Scalable meta-gradients: :func:`weight_meta_gradient`, the inner loop's meta-gradient by full
   unroll, per-step recomputation, forward-over-reverse products, or first-order/truncated approximations.
+* 07 MASS on a GPU and many processes: :class:`DataParallel` and :func:`data_parallel_from_env`
+  (ranks under ``torchrun``/``accelerate launch`` split each batch and average gradients).
 """
 
 from mass_ref.attribution import (
@@ -32,7 +34,8 @@ from mass_ref.config import ConfigError, LMRunConfig, RunConfig, load_config, pa
 from mass_ref.distill import DistilledExamples, adapted_task_losses, distill_examples
 from mass_ref.grpo import clipped_policy_loss, group_advantages
 from mass_ref.inner import BACKENDS, AdaptedModel, inner_adapt, weighted_inner_loss
-from mass_ref.metagrad import META_GRADIENT_MODES, MetaGradient, weight_meta_gradient
+from mass_ref.distributed import DataParallel, data_parallel_from_env, local_device
+from mass_ref.metagrad import META_GRADIENT_MODES, MetaGradient, check_meta_gradient_mode, weight_meta_gradient
 from mass_ref.maml import (
     adam_train,
     adaptation_curve,
@@ -78,13 +81,16 @@ __all__ = [
     "MassToySizes",
     "LMRunConfig",
     "RunConfig",
+    "DataParallel",
     "PROFILES",
     "SineTasks",
     "adam_train",
     "adaptation_curve",
     "adapted_task_losses",
     "alignment_attributions",
+    "check_meta_gradient_mode",
     "clipped_policy_loss",
+    "data_parallel_from_env",
     "distill_examples",
     "example_attributions",
     "figure_path",
@@ -94,6 +100,7 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "load_results",
+    "local_device",
     "maml_loss",
     "mean_ci95",
     "meta_train_maml",

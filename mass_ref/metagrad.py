@@ -39,7 +39,7 @@ from torch.func import functional_call, grad, jvp
 
 from mass_ref.inner import PerExampleLoss, inner_adapt
 
-__all__ = ["META_GRADIENT_MODES", "MetaGradient", "weight_meta_gradient"]
+__all__ = ["META_GRADIENT_MODES", "MetaGradient", "check_meta_gradient_mode", "weight_meta_gradient"]
 
 META_GRADIENT_MODES = ("unroll", "checkpointed", "forward_over_reverse", "first_order", "truncated")
 Params = dict[str, Tensor]
@@ -150,20 +150,28 @@ def _unroll(model: nn.Module, loss_fn: PerExampleLoss, support: Any, outer: Call
     return MetaGradient(loss.detach(), g_w, dict(zip(start, g_phi)))
 
 
-def _check(weights: Tensor, inner_lr: float, num_steps: int, params: Mapping[str, Tensor], mode: str,
-           truncate: int | None) -> None:
+def check_meta_gradient_mode(mode: str, truncate: int | None, num_steps: int) -> None:
+    """Raise ValueError unless ``mode`` is one of :data:`META_GRADIENT_MODES` and ``truncate`` fits it.
+
+    ``truncate`` must be in 1..``num_steps`` for ``mode="truncated"`` and None for every other mode.
+    """
     if mode not in META_GRADIENT_MODES:
         raise ValueError(f"mode must be one of {META_GRADIENT_MODES}; got {mode!r}.")
+    if mode == "truncated":
+        if isinstance(truncate, bool) or not (isinstance(truncate, int) and 1 <= truncate <= num_steps):
+            raise ValueError(f"mode='truncated' needs truncate in 1..num_steps={num_steps}; got {truncate!r}.")
+    elif truncate is not None:
+        raise ValueError(f"truncate={truncate!r} only applies to mode='truncated'; got mode={mode!r}.")
+
+
+def _check(weights: Tensor, inner_lr: float, num_steps: int, params: Mapping[str, Tensor], mode: str,
+           truncate: int | None) -> None:
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1; got {num_steps!r}.")
+    check_meta_gradient_mode(mode, truncate, num_steps)
     if isinstance(inner_lr, Tensor) or not inner_lr > 0:
         raise ValueError(f"inner_lr must be a positive float; got {inner_lr!r}.")
     if weights.ndim != 1:
         raise ValueError(f"weights must have shape [n], one per support example; got {tuple(weights.shape)}.")
     if not params:
         raise ValueError("params is empty; pass the tensors to adapt, e.g. lora_parameters(model).")
-    if mode == "truncated":
-        if not (isinstance(truncate, int) and 1 <= truncate <= num_steps):
-            raise ValueError(f"mode='truncated' needs truncate in 1..num_steps={num_steps}; got {truncate!r}.")
-    elif truncate is not None:
-        raise ValueError(f"truncate={truncate!r} only applies to mode='truncated'; got mode={mode!r}.")

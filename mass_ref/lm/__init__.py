@@ -35,7 +35,9 @@ from mass_ref.lm.timing import time_sft_and_meta_step
 from mass_ref.lm.formats import PLAIN, PromptFormat, chat_format, parse_practice, pretraining_corpus
 from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm, task_problems
 from mass_ref.lm.scorer import LMScorer, pooled_features
-from mass_ref.lm.mass import LMMassConfig, completion_logprobs, lm_meta_step, solver_grpo_step, train_lm_mass
+from mass_ref.lm.mass import (LMMassConfig, completion_logprobs, layer_checkpointing, lm_meta_step, problem_seed,
+                              solver_grpo_step)
+from mass_ref.lm.trainer import train_lm_mass
 from mass_ref.lm.experiment import (
     ALL_LINEAR,
     EVAL_METHODS,
@@ -115,6 +117,7 @@ __all__ = [
     "LMScorer",
     "PracticeSet",
     "completion_logprobs",
+    "layer_checkpointing",
     "lm_meta_step",
     "pooled_features",
     "practice_sets",
@@ -125,6 +128,7 @@ __all__ = [
     "test_time_accuracy",
     "test_time_gold_loss",
     "train_lm_mass",
+    "problem_seed",
     # the chapter-5 experiment
     "ALL_LINEAR",
     "EVAL_METHODS",

@@ -37,7 +37,8 @@ from transformers import PreTrainedTokenizerBase
 from mass_ref.checkpoint import load_checkpoint
 from mass_ref.lm.evaluate import practice_sets, random_practice, scorer_auc, test_time_accuracy, test_time_gold_loss
 from mass_ref.lm.formats import PLAIN, PromptFormat, chat_format
-from mass_ref.lm.mass import LMMassConfig, train_lm_mass
+from mass_ref.lm.mass import LMMassConfig
+from mass_ref.lm.trainer import train_lm_mass
 from mass_ref.lm.models import add_lora, load_smollm2, lora_parameters
 from mass_ref.lm.scorer import LMScorer
 from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm, task_problems

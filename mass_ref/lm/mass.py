@@ -19,37 +19,39 @@ of training problems T_b with gold solutions R*_b, one MASS meta-step does
 Log-probabilities of a completion are its mean token log-probability (sequence-level ratio,
 length-normalised), computed on the decoded text. The **Solver GRPO** baseline spends the same
 budget on RL for solving directly: k answers per training problem from π_φ, verifier rewards,
-clipped GRPO on φ. Problems and sampling seeds depend only on ``(seed, step)``, so a resumed run
-draws exactly what an uninterrupted one would.
+clipped GRPO on φ. The trainer (:func:`~mass_ref.lm.trainer.train_lm_mass`) runs these steps,
+checkpointed, resumable and optionally data-parallel.
 
 Introduced in notebooks/05_mass_llm.ipynb.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from os import PathLike
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from mass_ref.checkpoint import load_checkpoint, save_checkpoint
 from mass_ref.grpo import clipped_policy_loss, group_advantages
 from mass_ref.lm.formats import PromptFormat, parse_practice
 from mass_ref.lm.generate import sample_answers
-from mass_ref.lm.models import adapt_lora, lora_parameters
+from mass_ref.lm.models import lora_parameters, require_eager_attention
 from mass_ref.lm.scorer import LMScorer, pooled_features
 from mass_ref.lm.sft import SFTBatch, sft_batch, sft_losses_per_example
 from mass_ref.lm.ttt import lora_sft_steps_on_batch, restored_lora
+from mass_ref.metagrad import check_meta_gradient_mode, weight_meta_gradient
 from mass_ref.tasks.arithmetic import ArithmeticProblem, solve_question
 from mass_ref.tasks.verify import extract_answer, is_correct
 
-__all__ = ["LMMassConfig", "completion_logprobs", "lm_meta_step", "solver_grpo_step", "synthetic_is_right",
-           "train_lm_mass"]
+__all__ = ["LMMassConfig", "completion_logprobs", "layer_checkpointing", "lm_meta_step", "problem_seed",
+           "solver_grpo_step", "synthetic_is_right"]
+
+GradientAverager = Callable[[Sequence[Tensor]], None]
+"""Averages the ``.grad`` of the given tensors over data-parallel ranks, in place."""
 
 METHODS = ("mass", "solver_grpo")
 OUTER_MODES = ("gold", "verifier")
@@ -74,6 +76,17 @@ class LMMassConfig:
         temperature: sampling temperature of practice problems and answers.
         practice_max_new_tokens, answer_max_new_tokens: generation lengths.
         invalid_advantage: the advantage of an unparseable practice completion.
+        meta_gradient: how step 5 differentiates through the inner loop, one of
+            :data:`~mass_ref.metagrad.META_GRADIENT_MODES` ("unroll": one graph through all K steps;
+            "checkpointed"/"forward_over_reverse": exact at one step's memory; "first_order"/"truncated":
+            approximations; chapter 6). truncate: the steps kept by "truncated".
+        per_problem_seeds: sample each problem's completions from its own seed (a function of the
+            step seed and the problem's index in the step's batch) instead of one stream for the batch.
+            Data-parallel training needs it (a rank's samples must not depend on the other ranks'
+            problems); chapter 5's runs used the batch stream (False).
+        autocast_bf16: run the step under ``torch.autocast(dtype=torch.bfloat16)`` (GPU profile).
+        gradient_checkpointing: recompute the transformer's layers in the backward of the generator's
+            policy update (the largest first-order batch, m × meta_batch_size completions).
     """
 
     method: str = "mass"
@@ -94,6 +107,11 @@ class LMMassConfig:
     practice_max_new_tokens: int = 96
     answer_max_new_tokens: int = 48
     invalid_advantage: float = -1.0
+    meta_gradient: str = "unroll"
+    truncate: int | None = None
+    per_problem_seeds: bool = False
+    autocast_bf16: bool = False
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -112,6 +130,7 @@ class LMMassConfig:
                 raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}.")
         if self.gamma_solve < 0:
             raise ValueError(f"gamma_solve must be >= 0; got {self.gamma_solve!r}.")
+        check_meta_gradient_mode(self.meta_gradient, self.truncate, self.num_inner_steps)
 
 
 def completion_logprobs(
@@ -121,6 +140,28 @@ def completion_logprobs(
     """Mean token log-probability of each completion (and its eos) given its prompt, shape ``[n]``."""
     batch = sft_batch(tokenizer, list(zip(prompts, completions)), add_bos=fmt.add_bos).to(device)
     return -sft_losses_per_example(forward, batch)
+
+
+@contextlib.contextmanager
+def layer_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within the block, recompute each transformer layer in the backward pass instead of storing it.
+
+    transformers' gradient checkpointing (non-reentrant ``torch.utils.checkpoint``), which acts only
+    in train mode: the model is put in train mode for the block and restored after. Use it around
+    first-order backward passes only: ``torch.func`` transforms (the differentiable inner loop)
+    cannot run through ``torch.utils.checkpoint``, which is why it is not switched on for good.
+    """
+    if not enabled:
+        yield
+        return
+    was_training = model.training
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    try:
+        yield
+    finally:
+        model.gradient_checkpointing_disable()
+        model.train(was_training)
 
 
 def synthetic_is_right(question: str, solution: str) -> bool | None:
@@ -154,33 +195,59 @@ def _sample_adapted_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase
 
 
 def _outer_loss(adapted: Callable[..., Any], tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
-                problem: ArithmeticProblem, answers: list[str] | None, device: torch.device) -> tuple[Tensor, float]:
-    """L_b of step 4 and the fraction of correct answers among the k samples (NaN in gold mode)."""
+                problem: ArithmeticProblem, answers: list[str] | None, device: torch.device) -> Tensor:
+    """L_b of step 4: the gold solution's CE (``answers`` None) or GRPO on the k answers with verifier rewards."""
     if answers is None:
         batch = sft_batch(tokenizer, [fmt.solve_pair(problem.question, problem.solution)], add_bos=fmt.add_bos)
-        return sft_losses_per_example(adapted, batch.to(device)).mean(), float("nan")
+        return sft_losses_per_example(adapted, batch.to(device)).mean()
     rewards = torch.tensor([float(is_correct(a, problem.answer)) for a in answers], device=device)
     advantages = group_advantages(rewards)
     logp = completion_logprobs(adapted, tokenizer, fmt, [fmt.solve(problem.question)] * len(answers), answers,
                                device=device)
-    return -(advantages * logp).mean(), rewards.mean().item()
+    return -(advantages * logp).mean()
+
+
+def _pass_rate(problem: ArithmeticProblem, answers: list[str] | None) -> float:
+    """The fraction of correct answers among the k samples (NaN in gold mode: none are sampled)."""
+    return float("nan") if answers is None else sum(is_correct(a, problem.answer) for a in answers) / len(answers)
+
+
+def problem_seed(step_seed: int, index: int) -> int:
+    """The sampling seed of the problem at ``index`` of a step's batch (``per_problem_seeds``)."""
+    return step_seed + 104_729 * (index + 1)
+
+
+def _sample_groups(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, num_samples: int,
+                   max_new_tokens: int, config: LMMassConfig, seed: int, first_index: int,
+                   add_bos: bool) -> list[list[str]]:
+    """``num_samples`` completions per prompt: one stream for the batch, or one per problem."""
+    options = dict(num_samples=num_samples, temperature=config.temperature, max_new_tokens=max_new_tokens,
+                   add_bos=add_bos)
+    if not config.per_problem_seeds:
+        return sample_answers(model, tokenizer, prompts, seed=seed, **options)
+    return [sample_answers(model, tokenizer, [prompt], seed=problem_seed(seed, first_index + b), **options)[0]
+            for b, prompt in enumerate(prompts)]
 
 
 def _policy_update(model: nn.Module, optimizer: torch.optim.Optimizer, logp_fn: Callable[[], Tensor],
-                   advantages: Tensor, config: LMMassConfig, extra_loss: Callable[[], Tensor] | None) -> float:
+                   advantages: Tensor, config: LMMassConfig, extra_loss: Callable[[], Tensor] | None,
+                   average_gradients: GradientAverager | None) -> float:
     """``ppo_epochs`` clipped GRPO updates of the LoRA tensors; returns the last surrogate loss."""
     params = list(lora_parameters(model).values())
     with torch.no_grad():
         logp_old = logp_fn()
     value = 0.0
     for _ in range(config.ppo_epochs):
-        loss = clipped_policy_loss(logp_fn(), logp_old, advantages, config.clip_eps)
-        value = loss.item()
-        if extra_loss is not None:
-            loss = loss + extra_loss()
-        grads = torch.autograd.grad(loss, params)  # φ only: the frozen base gets no .grad
+        with layer_checkpointing(model, config.gradient_checkpointing):
+            loss = clipped_policy_loss(logp_fn(), logp_old, advantages, config.clip_eps)
+            value = loss.item()
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            grads = torch.autograd.grad(loss, params)  # φ only: the frozen base gets no .grad
         for p, g in zip(params, grads):
             p.grad = g
+        if average_gradients is not None:
+            average_gradients(params)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return value
@@ -196,14 +263,25 @@ def lm_meta_step(
     optimizers: dict[str, torch.optim.Optimizer],
     *,
     seed: int,
+    first_index: int = 0,
+    average_gradients: GradientAverager | None = None,
 ) -> dict[str, float]:
-    """One MASS meta-step (steps 1–6 above) on ``problems``; updates φ and/or η in place."""
+    """One MASS meta-step (steps 1–6 above) on ``problems``; updates φ and/or η in place.
+
+    Data parallel (:class:`~mass_ref.distributed.DataParallel`): each rank passes its shard of the
+    step's batch, ``first_index`` = the shard's position in the batch (it seeds the shard's samples
+    as the full batch would with ``per_problem_seeds``) and ``average_gradients``, which averages
+    the ranks' ``.grad`` before every optimiser step. Each rank's losses are means over its shard,
+    so with equal shards the average is the full batch's gradient.
+    """
     lora = lora_parameters(model)
     device = next(iter(lora.values())).device
+    if config.meta_gradient != "first_order":
+        require_eager_attention(model)
     m, batch_size = config.num_synthetic, len(problems)
     prompts = [fmt.practice(p.question) for p in problems]
-    completions = sample_answers(model, tokenizer, prompts, num_samples=m, temperature=config.temperature,
-                                 max_new_tokens=config.practice_max_new_tokens, seed=seed, add_bos=fmt.add_bos)
+    completions = _sample_groups(model, tokenizer, prompts, num_samples=m, max_new_tokens=config.practice_max_new_tokens,
+                                 config=config, seed=seed, first_index=first_index, add_bos=fmt.add_bos)
     use_scorer = config.train_scorer and scorer is not None
     outer, passes, advantages, rights, right_weights = [], [], [], [], []
     for b, (problem, group) in enumerate(zip(problems, completions)):
@@ -218,16 +296,18 @@ def lm_meta_step(
                 weights = torch.full((len(valid),), 1.0 / len(valid), device=device, requires_grad=True)
             batch = sft_batch(tokenizer, examples, add_bos=fmt.add_bos).to(device)
             answers = None if config.outer_mode == "gold" else _sample_adapted_answers(
-                model, tokenizer, fmt, problem, batch, weights, config, seed + 7919 * (b + 1))
-            adapted = adapt_lora(model, batch, inner_lr=config.inner_lr, num_steps=config.num_inner_steps,
-                                 weights=weights, params=lora)
-            loss, passed = _outer_loss(adapted, tokenizer, fmt, problem, answers, device)
-            (grad,) = torch.autograd.grad(loss, weights)
+                model, tokenizer, fmt, problem, batch, weights, config, seed + 7919 * (first_index + b + 1))
+            meta = weight_meta_gradient(
+                model, sft_losses_per_example, batch,
+                lambda adapted, problem=problem, answers=answers: _outer_loss(adapted, tokenizer, fmt, problem,
+                                                                              answers, device),
+                weights=weights, inner_lr=config.inner_lr, num_steps=config.num_inner_steps, params=lora,
+                mode=config.meta_gradient, truncate=config.truncate)
             if use_scorer:
-                weights.backward(grad / batch_size)  # chain rule into η: ∇_η mean_b L_b
-            attribution[valid] = grad.detach().cpu().float()
-            outer.append(loss.item())
-            passes.append(passed)
+                weights.backward(meta.weights / batch_size)  # chain rule into η: ∇_η mean_b L_b
+            attribution[valid] = meta.weights.cpu().float()
+            outer.append(meta.outer_loss.item())
+            passes.append(_pass_rate(problem, answers))
             for i, w in zip(valid, weights.detach().cpu().tolist()):
                 right = synthetic_is_right(*raw[i])
                 if right is not None:
@@ -240,6 +320,8 @@ def lm_meta_step(
             advantage[valid] = 0.0
         advantages.append(advantage)
     if use_scorer:
+        if average_gradients is not None:
+            average_gradients(list(scorer.parameters()))
         optimizers["scorer"].step()
         optimizers["scorer"].zero_grad(set_to_none=True)
     policy_loss = float("nan")
@@ -252,7 +334,7 @@ def lm_meta_step(
             lambda: completion_logprobs(model, tokenizer, fmt, flat_prompts, flat_completions, device=device),
             torch.cat(advantages).to(device), config,
             (lambda: config.gamma_solve * sft_losses_per_example(model, gold.to(device)).mean())
-            if config.gamma_solve > 0 else None)
+            if config.gamma_solve > 0 else None, average_gradients)
     valid_fraction = sum(float(a != config.invalid_advantage) for adv in advantages for a in adv.tolist()) / (m * batch_size)
     return {
         "outer_loss": sum(outer) / len(outer) if outer else float("nan"),
@@ -279,94 +361,23 @@ def solver_grpo_step(
     optimizers: dict[str, torch.optim.Optimizer],
     *,
     seed: int,
+    first_index: int = 0,
+    average_gradients: GradientAverager | None = None,
 ) -> dict[str, float]:
-    """One Solver-GRPO step: k answers per problem from π_φ, verifier rewards, clipped GRPO on φ."""
+    """One Solver-GRPO step: k answers per problem from π_φ, verifier rewards, clipped GRPO on φ.
+
+    ``first_index`` and ``average_gradients``: data parallel, as in :func:`lm_meta_step`.
+    """
     device = next(iter(lora_parameters(model).values())).device
     prompts = [fmt.solve(p.question) for p in problems]
-    answers = sample_answers(model, tokenizer, prompts, num_samples=config.num_answers, temperature=config.temperature,
-                             max_new_tokens=config.answer_max_new_tokens, seed=seed, add_bos=fmt.add_bos)
+    answers = _sample_groups(model, tokenizer, prompts, num_samples=config.num_answers,
+                             max_new_tokens=config.answer_max_new_tokens, config=config, seed=seed,
+                             first_index=first_index, add_bos=fmt.add_bos)
     rewards = torch.tensor([[float(is_correct(a, p.answer)) for a in group] for p, group in zip(problems, answers)])
     flat_prompts = [p for p in prompts for _ in range(config.num_answers)]
     flat_answers = [a for group in answers for a in group]
     policy_loss = _policy_update(
         model, optimizers["generator"],
         lambda: completion_logprobs(model, tokenizer, fmt, flat_prompts, flat_answers, device=device),
-        group_advantages(rewards).flatten().to(device), config, None)
+        group_advantages(rewards).flatten().to(device), config, None, average_gradients)
     return {"answer_pass_rate": rewards.mean().item(), "policy_loss": policy_loss}
-
-
-def train_lm_mass(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    fmt: PromptFormat,
-    scorer: LMScorer | None,
-    config: LMMassConfig,
-    problems_for_step: Callable[[int], Sequence[ArithmeticProblem]],
-    *,
-    steps: int,
-    seed: int,
-    checkpoint_path: str | PathLike[str] | None = None,
-    checkpoint_every: int = 10,
-    stop_after: int | None = None,
-    progress: bool = True,
-    on_checkpoint: Callable[[list[dict[str, float]]], None] | None = None,
-) -> list[dict[str, float]]:
-    """Meta-train (``method="mass"``) or RL-train (``"solver_grpo"``) the LoRA tensors φ and scorer η in place.
-
-    ``problems_for_step(t)`` gives the training problems of step t (a pure function of t). With
-    ``checkpoint_path`` the LoRA tensors, the scorer, the optimisers and the history are saved
-    every ``checkpoint_every`` steps and at the end; the same call resumes from the checkpoint and
-    reaches the same final state as an uninterrupted run. ``stop_after`` stops early on purpose.
-
-    Returns:
-        One dict of diagnostics per step (see :func:`lm_meta_step`, :func:`solver_grpo_step`).
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer; got {steps!r}.")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}.")
-    if config.method == "mass" and config.train_scorer and scorer is None:
-        raise ValueError("config.train_scorer is True but scorer is None; pass an LMScorer or set train_scorer=False.")
-    lora = lora_parameters(model)
-    if not lora:
-        raise ValueError("the model has no LoRA tensors; wrap it with add_lora(model) first.")
-    optimizers: dict[str, torch.optim.Optimizer] = {
-        "generator": torch.optim.Adam(list(lora.values()), lr=config.generator_lr)}
-    if scorer is not None:
-        optimizers["scorer"] = torch.optim.Adam(scorer.parameters(), lr=config.scorer_lr)
-    history: list[dict[str, float]] = []
-    state = load_checkpoint(checkpoint_path)
-    if state is not None:
-        if state["config"] != asdict(config) or state["seed"] != seed:
-            raise ValueError(f"checkpoint {checkpoint_path} was written by a run with another config or seed; "
-                             "delete it or pass the same config and seed to resume.")
-        with torch.no_grad():
-            for name, tensor in lora.items():
-                tensor.copy_(state["lora"][name])
-        if scorer is not None:
-            scorer.load_state_dict(state["scorer"])
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        history = state["history"]
-
-    def checkpoint() -> None:
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, {
-                "config": asdict(config), "seed": seed, "history": history,
-                "lora": {name: t.detach().cpu().clone() for name, t in lora.items()},
-                "scorer": None if scorer is None else scorer.state_dict(),
-                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()}})
-        if on_checkpoint is not None:
-            on_checkpoint(history)
-
-    label = "Solver GRPO" if config.method == "solver_grpo" else f"MASS ({config.outer_mode})"
-    end = steps if stop_after is None else max(len(history), min(steps, stop_after))
-    for step in tqdm(range(len(history), end), desc=label, disable=not progress, initial=len(history), total=steps):
-        problems, step_seed = problems_for_step(step), seed * 1_000_003 + step
-        if config.method == "solver_grpo":
-            history.append(solver_grpo_step(model, tokenizer, fmt, problems, config, optimizers, seed=step_seed))
-        else:
-            history.append(lm_meta_step(model, tokenizer, fmt, scorer, problems, config, optimizers, seed=step_seed))
-        if (step + 1) % checkpoint_every == 0 or step + 1 == end:
-            checkpoint()
-    return history

@@ -1,0 +1,133 @@
+"""The LM meta-training loop: steps of :mod:`mass_ref.lm.mass`, checkpointed, resumable, data-parallel.
+
+:func:`train_lm_mass` runs ``steps`` MASS meta-steps (or Solver-GRPO steps). Problems and sampling
+seeds depend only on ``(seed, step)``, so a resumed run draws exactly what an uninterrupted one
+would. Under a launcher (see :mod:`mass_ref.distributed`) every rank calls it with the same
+arguments and its :class:`~mass_ref.distributed.DataParallel`: each rank takes its share of the
+step's problems, gradients are averaged before every optimiser step, rank 0 writes the checkpoint.
+
+Introduced in notebooks/05_mass_llm.ipynb (data parallel and bf16: notebooks/07_mass_gpu.ipynb).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from os import PathLike
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from mass_ref.checkpoint import load_checkpoint, save_checkpoint
+from mass_ref.distributed import DataParallel
+from mass_ref.lm.formats import PromptFormat
+from mass_ref.lm.mass import LMMassConfig, lm_meta_step, solver_grpo_step
+from mass_ref.lm.models import lora_parameters
+from mass_ref.lm.scorer import LMScorer
+
+__all__ = ["train_lm_mass"]
+
+
+def _autocast(config: LMMassConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if not config.autocast_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def train_lm_mass(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    scorer: LMScorer | None,
+    config: LMMassConfig,
+    problems_for_step: Callable[[int], Sequence[Any]],
+    *,
+    steps: int,
+    seed: int,
+    checkpoint_path: str | PathLike[str] | None = None,
+    checkpoint_every: int = 10,
+    stop_after: int | None = None,
+    progress: bool = True,
+    on_checkpoint: Callable[[list[dict[str, float]]], None] | None = None,
+    parallel: DataParallel | None = None,
+) -> list[dict[str, float]]:
+    """Meta-train (``method="mass"``) or RL-train (``"solver_grpo"``) the LoRA tensors φ and scorer η in place.
+
+    ``problems_for_step(t)`` gives the training problems of step t (a pure function of t). With
+    ``checkpoint_path`` the LoRA tensors, the scorer, the optimisers and the history are saved
+    every ``checkpoint_every`` steps and at the end; the same call resumes from the checkpoint and
+    reaches the same final state as an uninterrupted run. ``stop_after`` stops early on purpose.
+    ``parallel``: this process's rank (None: a single process); data parallelism needs
+    ``config.per_problem_seeds`` and a ``meta_batch_size`` divisible by the number of ranks.
+
+    Returns:
+        One dict of diagnostics per step (see :func:`~mass_ref.lm.mass.lm_meta_step`,
+        :func:`~mass_ref.lm.mass.solver_grpo_step`), averaged over the ranks.
+    """
+    parallel = parallel or DataParallel()
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer; got {steps!r}.")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}.")
+    if config.method == "mass" and config.train_scorer and scorer is None:
+        raise ValueError("config.train_scorer is True but scorer is None; pass an LMScorer or set train_scorer=False.")
+    if parallel.world_size > 1:
+        parallel.check_batch(config.meta_batch_size)
+        if not config.per_problem_seeds:
+            raise ValueError("data-parallel training needs per_problem_seeds=True (else a rank's samples depend on "
+                             "the other ranks' problems); set it in the config.")
+    lora = lora_parameters(model)
+    if not lora:
+        raise ValueError("the model has no LoRA tensors; wrap it with add_lora(model) first.")
+    device = next(iter(lora.values())).device
+    optimizers: dict[str, torch.optim.Optimizer] = {
+        "generator": torch.optim.Adam(list(lora.values()), lr=config.generator_lr)}
+    if scorer is not None:
+        optimizers["scorer"] = torch.optim.Adam(scorer.parameters(), lr=config.scorer_lr)
+    history: list[dict[str, float]] = []
+    state = load_checkpoint(checkpoint_path)
+    if state is not None:
+        if state["config"] != asdict(config) or state["seed"] != seed:
+            raise ValueError(f"checkpoint {checkpoint_path} was written by a run with another config or seed; "
+                             "delete it or pass the same config and seed to resume.")
+        with torch.no_grad():
+            for name, tensor in lora.items():
+                tensor.copy_(state["lora"][name])
+        if scorer is not None:
+            scorer.load_state_dict(state["scorer"])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        history = state["history"]
+
+    def checkpoint() -> None:
+        if parallel.is_main:
+            if checkpoint_path is not None:
+                save_checkpoint(checkpoint_path, {
+                    "config": asdict(config), "seed": seed, "history": history,
+                    "lora": {name: t.detach().cpu().clone() for name, t in lora.items()},
+                    "scorer": None if scorer is None else scorer.state_dict(),
+                    "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()}})
+            if on_checkpoint is not None:
+                on_checkpoint(history)
+        parallel.barrier()  # no rank runs ahead of a checkpoint it might have to resume from
+
+    label = "Solver GRPO" if config.method == "solver_grpo" else f"MASS ({config.outer_mode})"
+    end = steps if stop_after is None else max(len(history), min(steps, stop_after))
+    for step in tqdm(range(len(history), end), desc=label, disable=not (progress and parallel.is_main),
+                     initial=len(history), total=steps):
+        first_index, problems = parallel.shard(problems_for_step(step))
+        options = dict(seed=seed * 1_000_003 + step, first_index=first_index,
+                       average_gradients=parallel.average_gradients if parallel.world_size > 1 else None)
+        with _autocast(config, device):
+            if config.method == "solver_grpo":
+                diagnostics = solver_grpo_step(model, tokenizer, fmt, problems, config, optimizers, **options)
+            else:
+                diagnostics = lm_meta_step(model, tokenizer, fmt, scorer, problems, config, optimizers, **options)
+        history.append(parallel.mean_over_ranks(diagnostics))
+        if (step + 1) % checkpoint_every == 0 or step + 1 == end:
+            checkpoint()
+    return history
