@@ -168,23 +168,35 @@ def train_lm(config: LMRunConfig, *, progress: bool = True, stop_after: int | No
     """Train every method of ``config.methods`` for every seed, resuming from ``output_dir``'s checkpoints.
 
     ``stop_after`` stops each (method, seed) run after that many meta-steps (to interrupt on purpose).
+    Under ``torchrun``/``accelerate launch`` the ranks train data-parallel (:mod:`mass_ref.distributed`):
+    rank 0 prepares the output folder and the model cache first, and alone writes files.
     """
+    from mass_ref.distributed import data_parallel_from_env
     from mass_ref.lm import experiment as lm  # imports transformers: only LM runs pay for it
+    from mass_ref.lm.problems import ProblemSource
 
-    out = prepare_output_dir(config)
-    runs = _recorded_runs(out)
-    model, tokenizer, fmt = lm.load_lm_for_mass(config.model, config.cache_dir, progress=progress)
+    parallel = data_parallel_from_env()
+    out = Path(config.output_dir)
+    runs: Runs = {}
+    for turn in ("main", "others"):  # rank 0 creates the folder and fills the model cache, then the rest load
+        if parallel.is_main == (turn == "main"):
+            out = prepare_output_dir(config) if parallel.is_main else out
+            runs = _recorded_runs(out)
+            model, tokenizer, fmt = lm.load_lm_for_mass(config.model, config.cache_dir,
+                                                        progress=progress and parallel.is_main)
+        parallel.barrier()
 
     def on_checkpoint(method: str, seed: int, history: list[dict[str, float]]) -> None:
         runs[method, seed] = history
         _write_lm_metrics(out, config, runs)
 
     histories = lm.train_lm_methods(
-        model, tokenizer, fmt, config.mass, config.model.tiny, methods=config.methods, seeds=config.seeds,
-        steps=config.steps, output_dir=out, checkpoint_every=config.checkpoint_every, stop_after=stop_after,
-        progress=progress, on_checkpoint=on_checkpoint)
+        model, tokenizer, fmt, config.mass, ProblemSource(config.data, config.model.tiny), methods=config.methods,
+        seeds=config.seeds, steps=config.steps, output_dir=out, checkpoint_every=config.checkpoint_every,
+        stop_after=stop_after, progress=progress, on_checkpoint=on_checkpoint, parallel=parallel)
     runs = {(method, seed): history for method, per_seed in histories.items() for seed, history in per_seed.items()}
-    _write_lm_metrics(out, config, runs)  # also for runs that were already finished (no checkpoint this time)
+    if parallel.is_main:
+        _write_lm_metrics(out, config, runs)  # also for runs that were already finished (no checkpoint this time)
     return runs
 
 
@@ -195,6 +207,7 @@ def evaluate_lm(config: LMRunConfig, *, progress: bool = False) -> dict[str, flo
     (:func:`~mass_ref.lm.experiment.summarize_lm_methods`); refuses unfinished training.
     """
     from mass_ref.lm import experiment as lm
+    from mass_ref.lm.problems import ProblemSource
 
     out = Path(config.output_dir)
     check_recorded_config(config, out, required=True)
@@ -212,7 +225,8 @@ def evaluate_lm(config: LMRunConfig, *, progress: bool = False) -> dict[str, flo
         path = out / f"eval_seed{seed}.json"
         if not path.is_file():
             results = lm.evaluate_lm_methods(
-                model, tokenizer, fmt, config.mass, config.model.tiny, methods=methods, seed=seed,
+                model, tokenizer, fmt, config.mass, ProblemSource(config.data, config.model.tiny), methods=methods,
+                seed=seed,
                 steps=config.steps, output_dir=out, n_problems=config.evaluate.n_problems,
                 num_examples=config.evaluate.num_examples, num_inner_steps=config.evaluate.num_inner_steps,
                 progress=progress)
@@ -266,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = (train(config, progress=progress, stop_after=args.stop_after) if args.command == "train"
                       else evaluate(config))
-        _print_results(config, args.command, result)
+        if int(os.environ.get("RANK", "0")) == 0:  # one report under a data-parallel launcher
+            _print_results(config, args.command, result)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -30,9 +30,12 @@ steps: 40                     # meta-steps per (method, seed)
 checkpoint_every: 5
 methods: [mass_gold, mass, solver_grpo]   # keys of mass_ref.lm.experiment.TRAINED_METHODS
 model:                        # any field of mass_ref.lm.experiment.LMModelSpec
-  name: tiny                  # or smollm2
+  name: tiny                  # or smollm2, or hub (with hub_id: Qwen/Qwen2.5-0.5B-Instruct, dtype, device)
   lora_rank: 4
-  tiny: {steps: 1500}         # any field of mass_ref.lm.TinyLMSpec (its task family is used for both models)
+  tiny: {steps: 1500}         # any field of mass_ref.lm.TinyLMSpec (its task family is the "tiny" data)
+data:                         # mass_ref.lm.LMDataSpec: train tiny|gsm8k, test tiny|gsm8k|math500, local paths
+  train: tiny
+  test: tiny
 mass:                         # any field of mass_ref.lm.LMMassConfig but method/outer_mode (set per method)
   num_synthetic: 12
   inner_lr: 1.0
@@ -61,6 +64,7 @@ from mass_ref.toy.mass import ToyMassConfig
 if TYPE_CHECKING:
     from mass_ref.lm.experiment import LMModelSpec
     from mass_ref.lm.mass import LMMassConfig
+    from mass_ref.lm.problems import LMDataSpec
 
 
 class ConfigError(ValueError):
@@ -76,8 +80,9 @@ def _lm_types() -> dict[str, type]:
     """The LM layer's config classes, imported on first use (it loads transformers; toy runs never need it)."""
     from mass_ref.lm.experiment import LMModelSpec
     from mass_ref.lm.mass import LMMassConfig
+    from mass_ref.lm.problems import LMDataSpec
 
-    return {"LMModelSpec": LMModelSpec, "LMMassConfig": LMMassConfig}
+    return {"LMModelSpec": LMModelSpec, "LMMassConfig": LMMassConfig, "LMDataSpec": LMDataSpec}
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,7 @@ class LMRunConfig(_Run):
     n_seeds: int = 3
     methods: tuple[str, ...] = ("mass_gold", "mass", "solver_grpo")
     model: LMModelSpec = field(default_factory=lambda: _lm_types()["LMModelSpec"]())
+    data: LMDataSpec = field(default_factory=lambda: _lm_types()["LMDataSpec"]())
     mass: LMMassConfig = field(default_factory=lambda: _lm_types()["LMMassConfig"]())
     evaluate: EvaluateSection = field(default_factory=lambda: EvaluateSection(n_problems=100))
     cache_dir: str = "build/cache"

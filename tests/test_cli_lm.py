@@ -71,6 +71,17 @@ BAD = [  # (dotted field, bad value, what the message must name)
     ("mass.meta_batch_size", True, r"mass\.meta_batch_size"),
     ("mass.train_scorer", 1, r"mass\.train_scorer"),
     ("mass.beta", 0.1, r"mass\.beta"),
+    ("mass.meta_gradient", "adjoint", r"mass\.meta_gradient|mode must be one of"),
+    ("mass.truncate", 1, r"truncate=1 only applies"),
+    ("mass.per_problem_seeds", "yes", r"mass\.per_problem_seeds"),
+    ("model.name", "hub", r"hub_id"),
+    ("model.hub_id", "Qwen/Qwen2.5-0.5B-Instruct", r"hub_id"),
+    ("model.dtype", "float16", r"model\.dtype"),
+    ("model.device", "tpu", r"model\.device"),
+    ("data.train", "math500", r"data\.train"),
+    ("data.test", "aime", r"data\.test"),
+    ("data.train_path", "x.jsonl", r"data\.train_path"),
+    ("data.shuffle", True, r"data\.shuffle"),
     ("evaluate.n_problems", 0, r"evaluate\.n_problems"),
     ("evaluate.num_examples", 2.0, r"evaluate\.num_examples"),
     ("evaluate.budget", 3, r"evaluate\.budget"),
@@ -92,7 +103,7 @@ def test_a_bad_config_fails_before_any_work(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_configs_parse_into_lm_run_configs_and_round_trip() -> None:
-    for name in ("lm_mass_smoke", "lm_mass_tiny", "lm_mass_smollm2"):
+    for name in ("lm_mass_smoke", "lm_mass_tiny", "lm_mass_smollm2", "lm_mass_gpu", "lm_mass_gpu_smoke"):
         config = load_config(ROOT / "configs" / f"{name}.yaml")
         assert isinstance(config, LMRunConfig) and isinstance(config.model.tiny.number_range, tuple)
         assert config.seeds == tuple(range(config.seed, config.seed + config.n_seeds))
@@ -167,3 +178,21 @@ def test_python_dash_m_evaluates_all_six_methods(straight: Path) -> None:
     assert report["n_problems"] == SMOKE["evaluate"]["n_problems"] and report["n_seeds"] == 1
     assert (straight.parent / "run" / "eval_seed0.json").is_file()
     assert all(m in result.stdout for m in methods)
+
+
+def test_gpu_config_code_path_trains_and_evaluates_on_gsm8k_fixtures(tmp_path: Path) -> None:
+    """configs/lm_mass_gpu_smoke.yaml: from_pretrained of a folder, GSM8K-format data, bf16 autocast, checkpointing."""
+    data = yaml.safe_load((ROOT / "configs" / "lm_mass_gpu_smoke.yaml").read_text())
+    data.update(output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), methods=["mass"])
+    config = tmp_path / "gpu_smoke.yaml"
+    config.write_text(yaml.safe_dump(data))
+    gpu = load_config(ROOT / "configs" / "lm_mass_gpu.yaml")
+    smoke = load_config(config)
+    assert (gpu.mass.meta_gradient, gpu.mass.autocast_bf16, gpu.mass.gradient_checkpointing, gpu.data.train) == \
+        (smoke.mass.meta_gradient, smoke.mass.autocast_bf16, smoke.mass.gradient_checkpointing, smoke.data.train)
+    for command in ("train", "evaluate"):
+        result = subprocess.run([sys.executable, "-m", "mass_ref", command, "--config", str(config), "--no-progress"],
+                                capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["n_problems"] == data["evaluate"]["n_problems"] and "acc_mass" in report

