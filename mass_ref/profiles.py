@@ -163,6 +163,49 @@ class MassLLMSizes:
     checkpoint_every: int
 
 
+@dataclass(frozen=True)
+class ScalableMetaGradSizes:
+    """Sizes for notebooks/06_scalable_metagradients.ipynb (meta-gradients that fit in memory).
+
+    Attributes:
+        exact_steps: K values of the float64 exactness and cosine checks.
+        cost_steps: K values of the time/memory curves. cost_modes: the modes measured.
+        cost_m: support examples per meta-gradient. seq_lens: tokens per example of the length curve (at K = 4,
+            or the largest K below it).
+        smollm2_live: measure SmolLM2-135M here (True) or read the committed benchmark file (False: on 2 CPU
+            cores its unrolled K = 4 needs 20 GB and minutes per row).
+        acc_meta_steps, acc_meta_batch_size, acc_num_synthetic: MASS_gold meta-training (K = 2) run once with the
+            exact and once with the first-order meta-gradient. acc_n_eval: held-out problems. acc_seeds: runs each.
+    """
+
+    exact_steps: tuple[int, ...]
+    cost_steps: tuple[int, ...]
+    cost_modes: tuple[str, ...]
+    cost_m: int
+    seq_lens: tuple[int, ...]
+    smollm2_live: bool
+    acc_meta_steps: int
+    acc_meta_batch_size: int
+    acc_num_synthetic: int
+    acc_n_eval: int
+    acc_seeds: int
+
+
+@dataclass(frozen=True)
+class MassGpuSizes:
+    """Sizes for notebooks/07_mass_gpu.ipynb: a run config file (relative to the repository root).
+
+    Attributes:
+        config: the YAML config the notebook trains and evaluates, as ``python -m mass_ref`` would. smoke and cpu:
+            ``configs/lm_mass_gpu_smoke.yaml`` (the gpu code path on the tiny LM and offline GSM8K-format data);
+            gpu: ``configs/lm_mass_gpu.yaml`` (Qwen2.5-0.5B-Instruct on GSM8K, the paper's budget).
+    """
+
+    config: str
+
+
+_COST_MODES = ("unroll", "checkpointed", "forward_over_reverse", "first_order")
+
 _SIZES: dict[str, dict[str, Any]] = {
     "01_maml_sine": {
         "smoke": MamlSineSizes(300, 10, 300, 100, 50, 3),
@@ -188,6 +231,18 @@ _SIZES: dict[str, dict[str, Any]] = {
         "smoke": MassLLMSizes(SMOKE_TINY_LM, 2, 2, 3, 1, 2, 4, 3, (1, 2), 0, 0, 1, 1),
         "cpu": MassLLMSizes(CPU_TINY_LM, 16, 4, 12, 2, 6, 80, 3, (1, 3, 6, 12), 0, 8, 1, 4),
         "gpu": MassLLMSizes(CPU_TINY_LM, 100, 8, 12, 2, 6, 500, 5, (1, 3, 6, 12), 100, 200, 3, 10),
+    },
+    "06_scalable_metagradients": {
+        "smoke": ScalableMetaGradSizes((1, 2), (1, 2), ("unroll", "checkpointed"), 4, (48,), False, 1, 2, 3, 3, 1),
+        "cpu": ScalableMetaGradSizes((1, 2, 4, 8), (1, 2, 4, 8), _COST_MODES, 12, (64, 128, 256), False, 16, 4, 12,
+                                     80, 1),
+        "gpu": ScalableMetaGradSizes((1, 2, 4, 8), (1, 2, 4, 8), _COST_MODES, 12, (128, 256, 512, 1024), True, 100, 8,
+                                     12, 500, 3),
+    },
+    "07_mass_gpu": {
+        "smoke": MassGpuSizes("configs/lm_mass_gpu_smoke.yaml"),
+        "cpu": MassGpuSizes("configs/lm_mass_gpu_smoke.yaml"),
+        "gpu": MassGpuSizes("configs/lm_mass_gpu.yaml"),
     },
 }
 

@@ -9,6 +9,7 @@ Introduced in notebooks/01_maml_sine.ipynb.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -82,6 +83,16 @@ def figure_path(stem: str, name: str, *, profile: str) -> Path:
     path = project_root() / "figures" / profile / f"{stem}_{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def run_directory(stem: str, profile: str, name: str, *settings: object) -> Path:
+    """``<root>/build/runs/<stem>/<profile>/<name>-<hash of settings>``: where a notebook keeps resumable runs.
+
+    The hash of ``repr(settings)`` (configs, sizes) makes a changed setting start a new run instead of
+    resuming, or being refused by, a checkpoint written under other settings.
+    """
+    key = hashlib.sha256(repr(settings).encode()).hexdigest()[:10]
+    return project_root() / "build" / "runs" / stem / profile / f"{name}-{key}"
 
 
 def mean_ci95(values: Sequence[float] | np.ndarray | torch.Tensor) -> tuple[float, float]:

@@ -144,12 +144,15 @@ def _fake_practice(problems, m):
              for i, q in enumerate(pool[b * m:(b + 1) * m])] for b in range(len(problems))]
 
 
-def test_scorer_gradient_of_the_meta_step_equals_the_direct_chain_rule(peft64, pretrained, monkeypatch) -> None:
-    """lm_meta_step splits ∂L/∂η into ∂L/∂s (through the inner loop) then s.backward; rebuild it in one graph."""
+@pytest.mark.parametrize("meta_gradient", ["unroll", "checkpointed", "forward_over_reverse"])
+def test_scorer_gradient_of_the_meta_step_equals_the_direct_chain_rule(peft64, pretrained, monkeypatch,
+                                                                        meta_gradient) -> None:
+    """lm_meta_step splits ∂L/∂η into ∂L/∂s (through the inner loop, any exact mode) then s.backward; rebuild it
+    in one graph."""
     import mass_ref.lm.mass as lm_mass
 
     tokenizer = pretrained[1]
-    config = dataclasses.replace(SMALL, train_generator=False)
+    config = dataclasses.replace(SMALL, train_generator=False, meta_gradient=meta_gradient)
     problems = task_problems(SPEC, 2, split="train", seed=7)
     completions = _fake_practice(problems, config.num_synthetic)
     monkeypatch.setattr(lm_mass, "sample_answers", lambda *args, **kwargs: completions)

@@ -84,3 +84,29 @@ def test_bad_arguments_fail_before_any_work(kwargs: dict, message: str) -> None:
     call = dict(weights=weights, inner_lr=0.3, num_steps=2, params=params, mode="unroll") | kwargs
     with pytest.raises(ValueError, match=message):
         weight_meta_gradient(model, mse_per_example, support, outer, **call)
+
+
+def test_first_order_equals_its_formula_from_per_example_gradients() -> None:
+    """∂L/∂w_i ≈ −α Σ_k ∇ℓ_i(φ_k)·∇L_out(φ_K): per-example gradients by plain autograd, one example at a time."""
+    from torch.func import functional_call
+
+    model, support, outer, params, weights = _setup(2)
+    alpha, steps = 0.3, 3
+    trajectory = [params]
+    for _ in range(steps):
+        p = {n: t.detach().requires_grad_() for n, t in trajectory[-1].items()}
+        loss = (weights * mse_per_example(lambda x: functional_call(model, p, (x,)), support)).sum()
+        trajectory.append({n: t - alpha * g for (n, t), g in zip(p.items(), torch.autograd.grad(loss, list(p.values())))})
+    last = {n: t.detach().requires_grad_() for n, t in trajectory[-1].items()}
+    v = torch.autograd.grad(outer(lambda x: functional_call(model, last, (x,))), list(last.values()))
+    expected = torch.zeros_like(weights)
+    for phi in trajectory[:-1]:
+        p = {n: t.detach().requires_grad_() for n, t in phi.items()}
+        for i in range(len(weights)):
+            x, y = support
+            loss_i = mse_per_example(lambda x_: functional_call(model, p, (x_,)), (x[i:i + 1], y[i:i + 1])).sum()
+            g_i = torch.autograd.grad(loss_i, list(p.values()))
+            expected[i] -= alpha * sum((a * b).sum() for a, b in zip(g_i, v))
+    got = weight_meta_gradient(model, mse_per_example, support, outer, weights=weights, inner_lr=alpha,
+                               num_steps=steps, params=params, mode="first_order").weights
+    assert _rel(got, expected) <= 1e-10

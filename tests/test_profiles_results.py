@@ -84,3 +84,12 @@ def test_mean_ci95_matches_the_t_interval() -> None:
     assert half == pytest.approx(3.182446305284263 * values.std(ddof=1) / 2.0)  # t_{0.975, 3} = 3.1824
     with pytest.raises(ValueError, match="at least 2"):
         mean_ci95([1.0])
+
+
+def test_run_directory_changes_with_the_settings_only() -> None:
+    from mass_ref import run_directory
+
+    a = run_directory("06_x", "cpu", "exact", {"m": 12}, 16)
+    assert a == run_directory("06_x", "cpu", "exact", {"m": 12}, 16)
+    assert a != run_directory("06_x", "cpu", "exact", {"m": 6}, 16) and a.parent.name == "cpu"
+    assert a.name.startswith("exact-") and a.parts[-5:-2] == ("build", "runs", "06_x")

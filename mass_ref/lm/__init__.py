@@ -1,8 +1,11 @@
 """Language models for the LM chapters: a locally trained tokenizer, a tiny Llama, SmolLM2-135M
 offline, LoRA adapters, and the weighted SFT loss the inner loop differentiates.
 
-Introduced in notebooks/04_lm_test_time_training.ipynb (models, LoRA, test-time training) and
-notebooks/05_mass_llm.ipynb (scorer, meta-training, evaluation of the methods).
+Introduced in notebooks/04_lm_test_time_training.ipynb (models, LoRA, test-time training),
+notebooks/05_mass_llm.ipynb (scorer, meta-training, evaluation of the methods) and
+notebooks/07_mass_gpu.ipynb (hub models, GSM8K/MATH-500 problem sources, data-parallel training).
+The cost measurements of notebooks/06_scalable_metagradients.ipynb live in
+:mod:`mass_ref.lm.metagrad_cost` (import it explicitly).
 """
 
 from mass_ref.lm.models import (

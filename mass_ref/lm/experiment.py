@@ -262,7 +262,7 @@ def evaluate_lm_methods(
                 raise ValueError(f"{checkpoint_path(output_dir, method, seed)} holds {done}/{steps} steps; train it "
                                  "first (train_lm_methods / `python -m mass_ref train` resume where they stopped).")
     source = as_problem_source(problems)
-    problems = source.test(n_problems, seed=20_000 + seed)
+    held_out = source.test(n_problems, seed=20_000 + seed)
     initial = {name: t.detach().clone() for name, t in lora_parameters(model).items()}
     budget = dict(steps=num_inner_steps, inner_lr=config.inner_lr)
     results: dict[str, dict[str, Any]] = {}
@@ -274,14 +274,14 @@ def evaluate_lm_methods(
                 scorer = _trained_state(model, output_dir, method, seed, steps)
             if method == "base_ttt":
                 pool = source.train(500, seed=30_000 + seed)
-                examples = random_practice(pool, fmt, len(problems), m=num_examples, seed=seed)
+                examples = random_practice(pool, fmt, len(held_out), m=num_examples, seed=seed)
             elif method in ("tt_ss", "mass_gold", "mass"):
-                sets = practice_sets(model, tokenizer, fmt, problems, m=num_examples, temperature=config.temperature,
+                sets = practice_sets(model, tokenizer, fmt, held_out, m=num_examples, temperature=config.temperature,
                                      max_new_tokens=config.practice_max_new_tokens, seed=seed, scorer=scorer)
                 examples, weights = [s.examples for s in sets], [s.weights for s in sets]
-            correct = test_time_accuracy(model, tokenizer, fmt, problems, examples, weights=weights,
+            correct = test_time_accuracy(model, tokenizer, fmt, held_out, examples, weights=weights,
                                          max_new_tokens=config.answer_max_new_tokens, progress=progress, **budget)
-            gold_loss = test_time_gold_loss(model, tokenizer, fmt, problems, examples, weights=weights, **budget)
+            gold_loss = test_time_gold_loss(model, tokenizer, fmt, held_out, examples, weights=weights, **budget)
             results[method] = {"correct": correct, "gold_loss": gold_loss, "sets": sets,
                                "auc": scorer_auc(sets) if sets is not None and scorer is not None else float("nan")}
     finally:
