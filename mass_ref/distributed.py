@@ -3,15 +3,17 @@
 Launch any training script or ``python -m mass_ref train`` under an existing launcher::
 
     torchrun --nproc_per_node 4 -m mass_ref train --config configs/lm_mass_gpu.yaml
-    accelerate launch --num_processes 4 -m mass_ref train --config configs/lm_mass_gpu.yaml
+    accelerate launch --multi_gpu --num_processes 4 -m mass_ref train --config configs/lm_mass_gpu.yaml
 
-Both set ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; :func:`data_parallel_from_env` joins the process
+Both set ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (``accelerate launch --cpu`` does not: on a CPU it
+starts one process unless configured for MPI); :func:`data_parallel_from_env` joins the process
 group (NCCL on GPUs, gloo on CPUs) and returns a :class:`DataParallel`. With R ranks and a batch
 of B problems (R divides B) rank r takes problems ``r·B/R .. (r+1)·B/R − 1``; its losses are
 means over its B/R problems, so the mean of the ranks' gradients is the full batch's gradient:
 
     ∇ (1/B) Σ_b L_b = (1/R) Σ_r ∇ (R/B) Σ_{b ∈ shard r} L_b.
 
+Tested with gloo on CPUs (2 processes under ``torchrun``); NCCL on GPUs is not tested here.
 Every rank applies the same averaged gradient with the same optimiser, so the replicas stay
 identical without broadcasting parameters; rank 0 alone writes checkpoints (a shared file system
 is assumed, as on one machine or a cluster with a shared home) and every rank reads them on resume.
@@ -92,7 +94,11 @@ class DataParallel:
             offset += g.numel()
 
     def mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
-        """Each diagnostic's mean over the ranks that have a number for it (NaN when none has)."""
+        """Each diagnostic's mean over the ranks that have a number for it (NaN when none has).
+
+        A mean of the ranks' means: for diagnostics that are themselves means over a varying number
+        of items (e.g. valid practice examples) it weights ranks equally, not items; for logging only.
+        """
         if self.world_size == 1:
             return values
         gathered: list[dict[str, float] | None] = [None] * self.world_size
@@ -120,6 +126,8 @@ def data_parallel_from_env(backend: str | None = None) -> DataParallel:
     if world_size == 1:
         return DataParallel()
     if not dist.is_initialized():
+        if torch.cuda.is_available():  # NCCL collectives (all_gather_object too) use the current device
+            torch.cuda.set_device(local_device())
         dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
     return DataParallel(rank=dist.get_rank(), world_size=dist.get_world_size())
 

@@ -18,11 +18,15 @@ mode                        how                                                 
 ``checkpointed``            keep only φ_k; rebuild step k's graph on the way back  one step's activations
 ``forward_over_reverse``    the same, products by ``torch.func.jvp`` over ``grad``  one step, no 2nd graph
 ``first_order``             drop H_k (v stays ∂L_out/∂φ_K); products by one jvp  one step
-``truncated``               exact through the last ``truncate`` steps only         ``truncate`` steps
+``truncated``               exact through the last ``truncate`` steps only         one step (recomputed)
 ==========================  =====================================================  ===================
 
-The first three are exact (equal up to float rounding; tested in float64). Every mode except
-``unroll`` stores the K+1 parameter vectors φ_k, which for LoRA are tiny next to activations.
+The recursion starts from v_K = ∇L_out(φ_K) and runs k = K−1, ..., 0 (H_k is symmetric, so no
+transpose appears); the i-th entry of the w-product is ∇ℓ_i(φ_k)·v_{k+1}. The first three modes are
+exact (equal up to float rounding; tested in float64). ``first_order``'s attributions are exact for
+K = 1, its ∂L_out/∂φ_0 is not (it skips every H_k). Unlike FOMAML (``inner_adapt(first_order=True)``,
+which detaches the inner gradients and so gives ∂L_out/∂w = 0), it keeps the mixed w-φ term. Every
+mode except ``unroll`` stores the K+1 parameter vectors φ_k, which for LoRA are tiny next to activations.
 
 Introduced in notebooks/06_scalable_metagradients.ipynb; MASS on an LM uses it through
 ``LMMassConfig.meta_gradient`` (chapter 7 trains real models with ``"checkpointed"``).
@@ -38,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
-from mass_ref.inner import PerExampleLoss, inner_adapt
+from mass_ref.inner import PerExampleLoss, inner_adapt, weighted_inner_loss
 
 __all__ = ["META_GRADIENT_MODES", "MetaGradient", "check_meta_gradient_mode", "weight_meta_gradient"]
 
@@ -53,7 +57,8 @@ class MetaGradient:
     Attributes:
         outer_loss: L_out(φ_K), a scalar.
         weights: ∂L_out/∂w, shape ``[n]`` (one attribution per support example).
-        params: ∂L_out/∂φ_0, ``{name: tensor}`` shaped like the adapted parameters.
+        params: ∂L_out/∂φ_0, ``{name: tensor}`` shaped like the adapted parameters (what the mode
+            propagates back: ``first_order`` returns ∂L_out/∂φ_K and ``truncated`` ∂L_out/∂φ_{K−truncate}).
     """
 
     outer_loss: Tensor
@@ -99,7 +104,7 @@ def weight_meta_gradient(
         return loss_fn(forward_with(p), support)
 
     def inner(p: Params, w_: Tensor) -> Tensor:
-        return (w_ * per_example(p)).sum()
+        return weighted_inner_loss(per_example(p), w_)
 
     def outer(p: Params) -> Tensor:
         return outer_loss_fn(forward_with(p))

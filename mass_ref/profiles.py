@@ -236,7 +236,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         "smoke": ScalableMetaGradSizes((1, 2), (1, 2), ("unroll", "checkpointed"), 4, (48,), False, 1, 2, 3, 3, 1),
         "cpu": ScalableMetaGradSizes((1, 2, 4, 8), (1, 2, 4, 8), _COST_MODES, 12, (64, 128, 256), False, 16, 4, 12,
                                      80, 1),
-        "gpu": ScalableMetaGradSizes((1, 2, 4, 8), (1, 2, 4, 8), _COST_MODES, 12, (128, 256, 512, 1024), True, 100, 8,
+        "gpu": ScalableMetaGradSizes((1, 2, 4, 8), (1, 2, 4, 8), _COST_MODES, 12, (64, 128, 256), True, 100, 8,
                                      12, 500, 3),
     },
     "07_mass_gpu": {

@@ -20,13 +20,20 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mass_ref.metagrad import weight_meta_gradient
+
+if TYPE_CHECKING:  # the LM stack loads transformers; import it only where it runs
+    from transformers import PreTrainedTokenizerBase
+
+    from mass_ref.lm.formats import PromptFormat
+    from mass_ref.lm.sft import SFTBatch
 
 __all__ = ["MetaGradientCost", "cost_in_fresh_process", "measure_meta_gradient_cost", "plot_costs", "save_costs",
            "support_of_length"]
@@ -49,11 +56,13 @@ class MetaGradientCost:
     device: str
 
 
-def support_of_length(tokenizer, fmt, problems, m: int, seq_len: int | None):  # type: ignore[no-untyped-def]
+def support_of_length(
+    tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, problems: Sequence[Any], m: int, seq_len: int | None
+) -> SFTBatch:
     """m SFT examples from ``problems[:m]``; with ``seq_len``, each answer is the problem's solution
     followed by the next problems' solutions, cut so the example is exactly ``seq_len`` tokens (a
     prompt longer than that keeps its full length plus one answer token and eos)."""
-    from mass_ref.lm.sft import _bos, _encode, _eos_and_pad, collate_sft, sft_batch
+    from mass_ref.lm.sft import _bos, _encode, _eos_and_pad, collate_sft, sft_batch  # the sft module's own tokenising
 
     pairs = [fmt.solve_pair(p.question, p.solution) for p in problems]
     if seq_len is None:
@@ -121,12 +130,19 @@ def measure_meta_gradient_cost(
 
 def cost_in_fresh_process(
     model_name: str, mode: str, num_steps: int, *, m: int, seq_len: int | None = None,
-    cache_dir: str | Path = "build/cache", threads: int | None = None,
+    cache_dir: str | Path = "build/cache", threads: int | None = None, timeout: float = 3600.0,
 ) -> MetaGradientCost:
-    """:func:`measure_meta_gradient_cost` in a new Python process (``threads``: its torch threads)."""
+    """:func:`measure_meta_gradient_cost` in a new Python process (``threads``: its torch threads).
+
+    Raises:
+        RuntimeError: the child failed (e.g. killed for memory) or ran longer than ``timeout`` seconds.
+    """
     command = [sys.executable, "-m", "mass_ref.lm.metagrad_cost", model_name, mode, str(num_steps), str(m),
                str(seq_len or 0), str(cache_dir), str(threads or 0)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        raise RuntimeError(f"measuring {model_name}/{mode}/K={num_steps} took over {timeout:.0f} s") from error
     if result.returncode != 0:
         raise RuntimeError(f"measuring {model_name}/{mode}/K={num_steps} failed:\n{result.stderr[-2000:]}")
     return MetaGradientCost(**json.loads(result.stdout.strip().splitlines()[-1]))
@@ -166,6 +182,9 @@ def plot_costs(costs: list[MetaGradientCost], *, x: str, axes: Any, title: str) 
 
 
 if __name__ == "__main__":  # the child of cost_in_fresh_process
+    if len(sys.argv) != 8:
+        sys.exit("usage: python -m mass_ref.lm.metagrad_cost MODEL MODE K M SEQ_LEN(0: natural) CACHE_DIR THREADS(0: "
+                 "default); use cost_in_fresh_process or benchmarks/bench_metagrad.py instead")
     name, mode_, k, m_, length, cache, threads_ = sys.argv[1:8]
     if int(threads_):
         torch.set_num_threads(int(threads_))
