@@ -18,13 +18,12 @@ and the table goes on.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import torch
 
-from mass_ref.lm.metagrad_cost import MetaGradientCost, cost_in_fresh_process, save_costs
+from mass_ref.lm.metagrad_cost import cost_in_fresh_process, load_costs, save_costs
 from mass_ref.metagrad import META_GRADIENT_MODES
 
 
@@ -48,7 +47,7 @@ def main() -> None:
     threads = args.threads or torch.get_num_threads()
     print(f"torch {torch.__version__}, {args.model}, m = {args.m}, {threads} threads; one fresh process per row")
     print(f"{'mode':22s} {'K':>3s} {'tokens':>6s} {'seconds':>9s} {'peak MB':>9s}")
-    rows = _measured(args.json) if args.json else []
+    rows = load_costs(args.json) if args.json else []
     for mode in args.modes:
         for k in args.steps:
             known = [c for c in rows if (c.model, c.mode, c.K, c.m) == (args.model, mode, k, args.m)
@@ -72,12 +71,6 @@ def main() -> None:
                   flush=True)
             if args.json:  # after every row: a long run that is stopped keeps what it measured
                 save_costs(args.json, rows, threads=threads)
-
-
-def _measured(path: Path) -> list[MetaGradientCost]:
-    if not path.is_file():
-        return []
-    return [MetaGradientCost(**row) for row in json.loads(path.read_text())["rows"]]
 
 
 if __name__ == "__main__":

@@ -176,14 +176,12 @@ def train_lm(config: LMRunConfig, *, progress: bool = True, stop_after: int | No
     from mass_ref.lm.problems import ProblemSource
 
     parallel = data_parallel_from_env()
-    out = Path(config.output_dir)
-    runs: Runs = {}
-    for turn in ("main", "others"):  # rank 0 creates the folder and fills the model cache, then the rest load
-        if parallel.is_main == (turn == "main"):
-            out = prepare_output_dir(config) if parallel.is_main else out
-            runs = _recorded_runs(out)
-            model, tokenizer, fmt = lm.load_lm_for_mass(config.model, config.cache_dir,
-                                                        progress=progress and parallel.is_main)
+    if not parallel.is_main:
+        parallel.barrier()  # rank 0 first creates the folder and fills the model cache, then the others load
+    out = prepare_output_dir(config) if parallel.is_main else Path(config.output_dir)
+    runs = _recorded_runs(out)
+    model, tokenizer, fmt = lm.load_lm_for_mass(config.model, config.cache_dir, progress=progress and parallel.is_main)
+    if parallel.is_main:
         parallel.barrier()
 
     def on_checkpoint(method: str, seed: int, history: list[dict[str, float]]) -> None:
@@ -220,13 +218,13 @@ def evaluate_lm(config: LMRunConfig, *, progress: bool = False) -> dict[str, flo
                           "first (it resumes where it stopped).")
     methods = [m for m in lm.EVAL_METHODS if m not in lm.TRAINED_METHODS or m in config.methods]
     model, tokenizer, fmt = lm.load_lm_for_mass(config.model, config.cache_dir, progress=progress)
+    source = ProblemSource(config.data, config.model.tiny)  # one source: a benchmark is read once for all seeds
     per_seed: dict[int, dict[str, dict[str, Any]]] = {}
     for seed in config.seeds:
         path = out / f"eval_seed{seed}.json"
         if not path.is_file():
             results = lm.evaluate_lm_methods(
-                model, tokenizer, fmt, config.mass, ProblemSource(config.data, config.model.tiny), methods=methods,
-                seed=seed,
+                model, tokenizer, fmt, config.mass, source, methods=methods, seed=seed,
                 steps=config.steps, output_dir=out, n_problems=config.evaluate.n_problems,
                 num_examples=config.evaluate.num_examples, num_inner_steps=config.evaluate.num_inner_steps,
                 progress=progress)

@@ -58,7 +58,8 @@ class MetaGradient:
         outer_loss: L_out(φ_K), a scalar.
         weights: ∂L_out/∂w, shape ``[n]`` (one attribution per support example).
         params: ∂L_out/∂φ_0, ``{name: tensor}`` shaped like the adapted parameters (what the mode
-            propagates back: ``first_order`` returns ∂L_out/∂φ_K and ``truncated`` ∂L_out/∂φ_{K−truncate}).
+            propagates back: ``first_order`` returns ∂L_out/∂φ_K and ``truncated`` ∂L_out/∂φ_{K−truncate});
+            empty with ``with_params=False``.
     """
 
     outer_loss: Tensor
@@ -78,6 +79,7 @@ def weight_meta_gradient(
     params: Mapping[str, Tensor],
     mode: str = "unroll",
     truncate: int | None = None,
+    with_params: bool = True,
 ) -> MetaGradient:
     """∂L_out(φ_K)/∂w and ∂L_out(φ_K)/∂φ_0 through K weighted SGD steps, by ``mode`` (module table).
 
@@ -92,6 +94,8 @@ def weight_meta_gradient(
         params: φ_0, ``{name: tensor}``, names of parameters of ``model`` (e.g. its LoRA tensors).
         mode: one of :data:`META_GRADIENT_MODES`.
         truncate: for ``mode="truncated"``, how many of the last steps to differentiate through (1..K).
+        with_params: also return ∂L_out/∂φ_0. False (MASS needs only the attributions) returns an
+            empty ``params`` and saves the last Hessian-vector product: step 0's w-product is then one jvp.
     """
     _check(weights, inner_lr, num_steps, params, mode, truncate)
     phi0 = {name: t.detach() for name, t in params.items()}
@@ -110,7 +114,7 @@ def weight_meta_gradient(
         return outer_loss_fn(forward_with(p))
 
     if mode == "unroll":
-        return _unroll(model, loss_fn, support, outer, phi0, w, inner_lr, num_steps)
+        return _unroll(model, loss_fn, support, outer, phi0, w, inner_lr, num_steps, with_params)
     trajectory = [phi0]  # φ_0..φ_K without any graph: the only state kept across steps
     for _ in range(num_steps):
         g = grad(inner)(trajectory[-1], w)
@@ -122,14 +126,13 @@ def weight_meta_gradient(
     w_grad = torch.zeros_like(w)
     first = num_steps - (truncate if mode == "truncated" else num_steps)
     for k in reversed(range(first, num_steps)):
-        if mode == "first_order":  # (∂²L_in/∂w∂φ) v = [∇ℓ_i(φ_k)·v]_i: one forward-mode pass, no graph, no H
+        if mode != "first_order" and (with_params or k > first):
+            hv_phi, hv_w = _step_products(inner, trajectory[k], w, v, forward_mode=mode == "forward_over_reverse")
+            v = {n: v[n] - inner_lr * hv_phi[n] for n in v}
+        else:  # (∂²L_in/∂w∂φ) v = [∇ℓ_i(φ_k)·v]_i without H v: one forward-mode pass, no graph
             _, hv_w = jvp(per_example, (trajectory[k],), (v,))
-            w_grad = w_grad - inner_lr * hv_w
-            continue
-        hv_phi, hv_w = _step_products(inner, trajectory[k], w, v, forward_mode=mode == "forward_over_reverse")
         w_grad = w_grad - inner_lr * hv_w
-        v = {n: v[n] - inner_lr * hv_phi[n] for n in v}
-    return MetaGradient(loss.detach(), w_grad, {n: t.detach() for n, t in v.items()})
+    return MetaGradient(loss.detach(), w_grad, {n: t.detach() for n, t in v.items()} if with_params else {})
 
 
 def _step_products(
@@ -151,15 +154,15 @@ def _step_products(
 
 
 def _unroll(model: nn.Module, loss_fn: PerExampleLoss, support: Any, outer: Callable[[Params], Tensor],
-            phi0: Params, w: Tensor, inner_lr: float, num_steps: int) -> MetaGradient:
+            phi0: Params, w: Tensor, inner_lr: float, num_steps: int, with_params: bool) -> MetaGradient:
     with torch.enable_grad():
         start = {n: t.clone().requires_grad_() for n, t in phi0.items()}
         w_ = w.clone().requires_grad_()
         adapted = inner_adapt(model, loss_fn, support, inner_lr=inner_lr, num_steps=num_steps, weights=w_,
                               backend="torch.func", params=start)
         loss = outer(dict(adapted.params))
-        *g_phi, g_w = torch.autograd.grad(loss, [*start.values(), w_])
-    return MetaGradient(loss.detach(), g_w, dict(zip(start, g_phi)))
+        *g_phi, g_w = torch.autograd.grad(loss, [*start.values(), w_] if with_params else [w_])
+    return MetaGradient(loss.detach(), g_w, dict(zip(start, g_phi)))  # g_phi is empty without with_params
 
 
 def check_meta_gradient_mode(mode: str, truncate: int | None, num_steps: int) -> None:

@@ -42,11 +42,12 @@ def test_support_of_length_cuts_every_example_to_exactly_the_asked_tokens() -> N
 def test_costs_round_trip_through_their_json_file(tmp_path) -> None:
     import json
 
-    from mass_ref.lm.metagrad_cost import MetaGradientCost, save_costs
+    from mass_ref.lm.metagrad_cost import MetaGradientCost, load_costs, save_costs
 
     costs = [MetaGradientCost("tiny", "unroll", 2, 12, 76, 0.5, 300.0, "cpu")]
-    data = json.loads(save_costs(tmp_path / "c.json", costs, threads=2).read_text())
-    assert [MetaGradientCost(**row) for row in data["rows"]] == costs and data["machine"]["threads"] == 2
+    path = save_costs(tmp_path / "c.json", costs, threads=2)
+    assert load_costs(path) == costs and json.loads(path.read_text())["machine"]["threads"] == 2
+    assert load_costs(tmp_path / "missing.json") == []
 
 
 def test_a_json_run_resumes_reusing_the_rows_it_already_measured(tmp_path) -> None:

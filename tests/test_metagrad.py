@@ -110,3 +110,11 @@ def test_first_order_equals_its_formula_from_per_example_gradients() -> None:
     got = weight_meta_gradient(model, mse_per_example, support, outer, weights=weights, inner_lr=alpha,
                                num_steps=steps, params=params, mode="first_order").weights
     assert _rel(got, expected) <= 1e-10
+
+
+@pytest.mark.parametrize("mode", ["unroll", "checkpointed", "forward_over_reverse", "first_order", "truncated"])
+def test_attributions_alone_equal_those_computed_with_the_parameter_gradient(mode: str) -> None:
+    extra = {"truncate": 2} if mode == "truncated" else {}
+    full, alone = _meta(mode, 3, **extra), _meta(mode, 3, with_params=False, **extra)
+    assert alone.params == {} and _rel(alone.weights, full.weights) <= 1e-12
+    assert torch.equal(alone.outer_loss, full.outer_loss)

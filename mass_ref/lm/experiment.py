@@ -35,21 +35,20 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from mass_ref.checkpoint import load_checkpoint
+from mass_ref.distributed import DataParallel, local_device
 from mass_ref.lm.evaluate import practice_sets, random_practice, scorer_auc, test_time_accuracy, test_time_gold_loss
 from mass_ref.lm.formats import PLAIN, PromptFormat, chat_format
 from mass_ref.lm.mass import LMMassConfig
-from mass_ref.lm.trainer import train_lm_mass
-from mass_ref.distributed import DataParallel, local_device
 from mass_ref.lm.models import add_lora, load_lm, load_smollm2, lora_parameters
 from mass_ref.lm.precision import use_exact_float64
 from mass_ref.lm.problems import ProblemSource
 from mass_ref.lm.scorer import LMScorer
 from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm
+from mass_ref.lm.trainer import train_lm_mass
 from mass_ref.results import mean_ci95
 
 __all__ = ["ALL_LINEAR", "EVAL_METHODS", "LMModelSpec", "TRAINED_METHODS", "as_problem_source", "checkpoint_path",
-           "evaluate_lm_methods",
-           "load_lm_for_mass", "model_results", "summarize_lm_methods", "train_lm_methods"]
+           "evaluate_lm_methods", "load_lm_for_mass", "model_results", "summarize_lm_methods", "train_lm_methods"]
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MODEL_NAMES = ("tiny", "smollm2", "hub")

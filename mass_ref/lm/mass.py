@@ -312,7 +312,7 @@ def lm_meta_step(
                 lambda adapted, problem=problem, answers=answers: _outer_loss(adapted, tokenizer, fmt, problem,
                                                                               answers, device),
                 weights=weights, inner_lr=config.inner_lr, num_steps=config.num_inner_steps, params=lora,
-                mode=config.meta_gradient, truncate=config.truncate)
+                mode=config.meta_gradient, truncate=config.truncate, with_params=False)
             if use_scorer:
                 weights.backward(meta.weights / batch_size)  # chain rule into η: ∇_η mean_b L_b
             attribution[valid] = meta.weights.cpu().float()

@@ -35,7 +35,8 @@ if TYPE_CHECKING:  # the LM stack loads transformers; import it only where it ru
     from mass_ref.lm.formats import PromptFormat
     from mass_ref.lm.sft import SFTBatch
 
-__all__ = ["MetaGradientCost", "cost_in_fresh_process", "measure_meta_gradient_cost", "plot_costs", "save_costs",
+__all__ = ["MetaGradientCost", "cost_in_fresh_process", "load_costs", "measure_meta_gradient_cost", "plot_costs",
+           "save_costs",
            "support_of_length"]
 
 MODELS = ("tiny", "smollm2")
@@ -160,6 +161,14 @@ def save_costs(path: str | Path, costs: list[MetaGradientCost], *, threads: int)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine, "rows": [asdict(c) for c in costs]}, indent=1) + "\n")
     return path
+
+
+def load_costs(path: str | Path) -> list[MetaGradientCost]:
+    """The measurements :func:`save_costs` wrote to ``path`` (empty when there is no such file)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [MetaGradientCost(**row) for row in json.loads(path.read_text())["rows"]]
 
 
 def plot_costs(costs: list[MetaGradientCost], *, x: str, axes: Any, title: str) -> None:
