@@ -3,7 +3,7 @@
     python -m mass_ref train    --config configs/toy_mass_gold.yaml   # progress bar, checkpoints, metrics.jsonl
     python -m mass_ref evaluate --config configs/toy_mass_gold.yaml   # held-out errors -> eval.json
     python -m mass_ref train    --config configs/lm_mass_tiny.yaml    # every LM method x seed (chapter 5)
-    python -m mass_ref evaluate --config configs/lm_mass_tiny.yaml    # all six methods' accuracy -> eval.json
+    python -m mass_ref evaluate --config configs/lm_mass_tiny.yaml    # every evaluation row's accuracy -> eval.json
 
 Everything a run writes lives in the config's ``output_dir``: ``config.yaml`` (the resolved config),
 checkpoints, ``metrics.jsonl`` (one line per meta-step, rewritten at each checkpoint so it always
@@ -15,7 +15,7 @@ from the last checkpoint and reaches the same final state as a run that was neve
 - ``experiment: lm_mass``: ``<method>_seed<N>.pt`` per trained method and seed
   (:func:`mass_ref.lm.experiment.train_lm_methods`), metrics lines tagged with ``method`` and
   ``seed``; ``evaluate`` keeps each seed's answers in ``eval_seed<N>.json`` (so it resumes too)
-  and pools them with :func:`~mass_ref.lm.experiment.summarize_lm_methods`. The base model is
+  and pools them with :func:`~mass_ref.lm.summary.summarize_lm_methods`. The base model is
   cached in ``cache_dir``.
 
 Introduced in notebooks/03_mass_toy.ipynb (toy_mass) and notebooks/05_mass_llm.ipynb (lm_mass).
@@ -202,10 +202,11 @@ def evaluate_lm(config: LMRunConfig, *, progress: bool = False) -> dict[str, flo
     """Accuracy of the base methods and of every trained one on held-out problems, pooled over seeds.
 
     Writes ``eval_seed<N>.json`` per seed (reused when present) and ``eval.json``
-    (:func:`~mass_ref.lm.experiment.summarize_lm_methods`); refuses unfinished training.
+    (:func:`~mass_ref.lm.summary.summarize_lm_methods`); refuses unfinished training.
     """
     from mass_ref.lm import experiment as lm
     from mass_ref.lm.problems import ProblemSource
+    from mass_ref.lm.summary import summarize_lm_methods
 
     out = Path(config.output_dir)
     check_recorded_config(config, out, required=True)
@@ -216,7 +217,8 @@ def evaluate_lm(config: LMRunConfig, *, progress: bool = False) -> dict[str, flo
     if unfinished:
         raise ConfigError(f"{out} holds unfinished training ({'; '.join(unfinished)} meta-steps); run `train` "
                           "first (it resumes where it stopped).")
-    methods = [m for m in lm.EVAL_METHODS if m not in lm.TRAINED_METHODS or m in config.methods]
+    methods = [m for m in lm.EVAL_METHODS if lm.trained_method(m) in (None, *config.methods)
+               and (config.data.test == "tiny" or m not in lm.TINY_ONLY_ROWS)]
     model, tokenizer, fmt = lm.load_lm_for_mass(config.model, config.cache_dir, progress=progress)
     source = ProblemSource(config.data, config.model.tiny)  # one source: a benchmark is read once for all seeds
     per_seed: dict[int, dict[str, dict[str, Any]]] = {}
@@ -231,7 +233,7 @@ def evaluate_lm(config: LMRunConfig, *, progress: bool = False) -> dict[str, flo
             kept = {m: {key: r[key] for key in ("correct", "gold_loss", "auc")} for m, r in results.items()}
             _write_atomically(path, json.dumps(kept) + "\n")
         per_seed[seed] = json.loads(path.read_text())
-    report = lm.summarize_lm_methods(per_seed)
+    report = summarize_lm_methods(per_seed)
     _write_atomically(out / "eval.json", json.dumps(report, indent=2) + "\n")
     return report
 
@@ -254,7 +256,7 @@ def _print_results(config: RunConfig | LMRunConfig, command: str, result: Any) -
 
         print(f"{result['n_seeds']} seed(s), {result['n_problems']} problems in all; accuracy and gold-answer loss:")
         for method in (m for m in EVAL_METHODS if f"acc_{m}" in result):
-            print(f"  {method:12s} {result[f'acc_{method}']:.3f} ± {result[f'acc_{method}_ci95']:.3f}   "
+            print(f"  {method:26s} {result[f'acc_{method}']:.3f} ± {result[f'acc_{method}_ci95']:.3f}   "
                   f"{result[f'gold_loss_{method}']:.3f} ± {result[f'gold_loss_{method}_ci95']:.3f}")
 
 

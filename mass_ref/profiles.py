@@ -137,12 +137,13 @@ class MassLLMSizes:
 
     Attributes:
         tiny_lm: ``TinyLMSpec`` fields (shared with notebook 04's cache).
-        meta_steps: meta-training steps per run (the paper: about 100).
+        meta_steps: meta-training steps per run (the paper: about 100); the cpu runs ship with the package.
+        live_meta_steps: a short MASS_gold run trained live in the notebook, to watch it learn.
         meta_batch_size: training problems per meta-step.
         num_synthetic: m in meta-training (paper: 12). num_inner_steps: K in meta-training (paper: 2).
+            Chapter 5 trains with the test-time budget (m = 6, K = 1), so no train/test mismatch.
         num_test_examples: m at test time (paper: 6); one inner step at test time.
         n_eval_problems: held-out problems per seed. n_seeds: runs per method.
-        m_curve: the m values of the data-efficiency curve.
         smollm2_meta_steps: SmolLM2-135M meta-training steps (0: only the untrained methods are evaluated).
         smollm2_n_eval_problems, smollm2_seeds: its evaluation (0 problems: the SmolLM2 section is skipped).
         checkpoint_every: meta-steps between checkpoints.
@@ -150,13 +151,13 @@ class MassLLMSizes:
 
     tiny_lm: dict[str, Any]
     meta_steps: int
+    live_meta_steps: int
     meta_batch_size: int
     num_synthetic: int
     num_inner_steps: int
     num_test_examples: int
     n_eval_problems: int
     n_seeds: int
-    m_curve: tuple[int, ...]
     smollm2_meta_steps: int
     smollm2_n_eval_problems: int
     smollm2_seeds: int
@@ -228,9 +229,9 @@ _SIZES: dict[str, dict[str, Any]] = {
         "gpu": LMTestTimeSizes(CPU_TINY_LM, 500, 6, (0.3, 1.0, 3.0)),
     },
     "05_mass_llm": {
-        "smoke": MassLLMSizes(SMOKE_TINY_LM, 2, 2, 3, 1, 2, 4, 3, (1, 2), 0, 0, 1, 1),
-        "cpu": MassLLMSizes(CPU_TINY_LM, 16, 4, 12, 2, 6, 80, 3, (1, 3, 6, 12), 0, 8, 1, 4),
-        "gpu": MassLLMSizes(CPU_TINY_LM, 100, 8, 12, 2, 6, 500, 5, (1, 3, 6, 12), 100, 200, 3, 10),
+        "smoke": MassLLMSizes(SMOKE_TINY_LM, 2, 2, 2, 3, 1, 3, 4, 2, 0, 0, 1, 1),
+        "cpu": MassLLMSizes(CPU_TINY_LM, 100, 10, 4, 6, 1, 6, 240, 3, 0, 8, 1, 10),
+        "gpu": MassLLMSizes(CPU_TINY_LM, 100, 10, 8, 6, 1, 6, 500, 5, 100, 200, 3, 10),
     },
     "06_scalable_metagradients": {
         "smoke": ScalableMetaGradSizes((1, 2), (1, 2), ("unroll", "checkpointed"), 4, (48,), False, 1, 2, 3, 3, 1),

@@ -168,13 +168,15 @@ def test_interrupted_training_resumes_to_the_same_final_state(
         [(m, 0, step) for m in METHODS for step in range(1, SMOKE["steps"] + 1)]
 
 
-def test_python_dash_m_evaluates_all_six_methods(straight: Path) -> None:
+def test_python_dash_m_evaluates_every_row(straight: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "mass_ref", "evaluate", "--config", str(straight), "--no-progress"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     report = json.loads((straight.parent / "run" / "eval.json").read_text())
-    methods = ("base", "base_ttt", "tt_ss", "solver_grpo", "mass_gold", "mass")
+    methods = ("base", "base_ttt", "tt_ss", "oracle_right_only", "related_gold", "solver_grpo", "mass_gold_no_update",
+               "mass_gold_uniform", "mass_gold", "mass_no_update", "mass_uniform", "mass")
     assert {f"acc_{m}{twin}" for m in methods for twin in ("", "_ci95")} <= set(report)
+    assert {"acc_mass_minus_mass_no_update", "gold_loss_mass_minus_mass_uniform_ci95"} <= set(report)
     assert report["n_problems"] == SMOKE["evaluate"]["n_problems"] and report["n_seeds"] == 1
     assert (straight.parent / "run" / "eval_seed0.json").is_file()
     assert all(m in result.stdout for m in methods)

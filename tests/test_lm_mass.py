@@ -6,11 +6,12 @@ A seconds-sized tiny arithmetic LM (the smoke spec) is pretrained once per modul
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
-import mass_ref.lm.evaluate as lm_evaluate  # a module: its test_time_* functions must not be collected as tests
+import mass_ref.lm.evaluate as lm_evaluate  # a module: its test_time_results must not be collected as a test
 
 from mass_ref.lm import (
     PLAIN,
@@ -22,12 +23,15 @@ from mass_ref.lm import (
     lm_meta_step,
     lora_parameters,
     lora_sft_steps_on_batch,
-    pooled_features,
+    PracticeSet,
+    answer_agreement,
     pretrained_tiny_lm,
     pretraining_corpus,
     random_practice,
     related_practice,
     restored_lora,
+    right_only,
+    scorer_features,
     sft_batch,
     sft_losses_per_example,
     solver_grpo_step,
@@ -103,26 +107,55 @@ def test_tiny_lm_cache_is_keyed_by_spec_and_reused(pretrained, tmp_path) -> None
         TinyLMSpec(hidden_size=30, heads=4)
 
 
-def test_scorer_starts_uniform_and_keeps_weights_in_range() -> None:
+def test_scorer_starts_uniform_and_only_reranks_within_a_problem() -> None:
     scorer = LMScorer(8)
-    features = torch.randn(5, 8)
-    assert torch.allclose(scorer(features), torch.full((5,), 1 / 5))
+    features = torch.randn(5, 8 + 3)
+    assert torch.allclose(scorer(features), torch.full((5,), 1 / 5))  # untrained = TT-SS's weights
     with torch.no_grad():
-        scorer.net[-1].bias.fill_(100.0)
-    assert torch.all(scorer(features) <= 4 / 5) and torch.all(scorer(features) > 0)
-    with pytest.raises(ValueError, match=r"\[m, H\]"):
-        scorer(torch.randn(8))
+        scorer.net[-1].weight.normal_(0, 1.0)
+        scorer.stats.weight.fill_(-1.0)
+        scorer.log_temperature.fill_(0.5)
+        scorer.log_step_scale.fill_(-1.0)
+    weights = scorer(features)
+    # a ranking within the problem (softmax) times one global step-size multiplier c, reported on its own
+    assert torch.all(weights > 0) and weights.sum().item() == pytest.approx(math.exp(-1.0))
+    assert scorer.step_scale == pytest.approx(math.exp(-1.0))
+    assert not torch.allclose(weights / weights.sum(), torch.full((5,), 1 / 5))
+    torch.testing.assert_close(weights, scorer.step_scale * torch.softmax(scorer.logits(features), 0))
+    # a problem's weights depend only on its own examples' logits, which are comparable across problems
+    torch.testing.assert_close(scorer.logits(features[:2]), scorer.logits(features)[:2])
+    with pytest.raises(ValueError, match=r"\[m, 11\]"):
+        scorer(torch.randn(5, 8))
 
 
-def test_pooled_features_ignore_the_lora_adapters(peft64, pretrained) -> None:
+def test_scorer_features_are_the_base_models_own_view_of_each_example(peft64, pretrained) -> None:
     tokenizer = pretrained[1]
-    examples = [("Question: a\nAnswer:", " 1"), ("Question: bb\nAnswer:", " 22")]
-    before = pooled_features(peft64, tokenizer, "target", examples)
+    examples = [("Question: a\nAnswer:", " 1 + 2 = 3\n#### 3"), ("Question: bb\nAnswer:", " #### 22"),
+                ("Question: c\nAnswer:", " #### 3")]
+    before = scorer_features(peft64, tokenizer, examples, add_bos=True)
     with restored_lora(peft64) as lora, torch.no_grad():
         for p in lora.values():
             p.add_(1.0)
-        after = pooled_features(peft64, tokenizer, "target", examples)
-    assert before.shape == (2, peft64.config.hidden_size) and torch.equal(before, after)
+        after = scorer_features(peft64, tokenizer, examples, add_bos=True)
+    hidden = peft64.config.hidden_size
+    assert before.shape == (3, hidden + 3) and torch.equal(before, after)  # the adapters do not move them
+    with peft64.disable_adapter(), torch.no_grad():
+        nll = sft_losses_per_example(peft64, sft_batch(tokenizer, examples, add_bos=True))
+    torch.testing.assert_close(before[:, hidden].double(), nll, rtol=1e-5, atol=1e-6)  # mean token NLL
+    assert torch.all(before[:, hidden + 1] >= before[:, hidden])  # the max token NLL bounds the mean
+    assert answer_agreement([a for _, a in examples]) == [2 / 3, 1 / 3, 2 / 3]
+    assert before[:, hidden + 2].tolist() == pytest.approx([2 / 3, 1 / 3, 2 / 3])
+    with_target = scorer_features(peft64, tokenizer, examples, add_bos=True, context="Problem: T\n")
+    assert not torch.equal(with_target[:, :hidden], before[:, :hidden])
+
+
+def test_right_only_weights_are_the_oracle_ceiling_of_the_same_examples() -> None:
+    sets = [PracticeSet(["", "", "", ""], [("a", " 1"), ("b", " 2"), ("c", " 3"), ("d", " 4")], None,
+                        [True, False, None, True]),
+            PracticeSet(["", ""], [("a", " 1"), ("b", " 2")], None, [False, None])]
+    examples, weights = right_only(sets)
+    assert examples[0] == sets[0].examples and weights[0] == [0.5, 0.0, 0.0, 0.5]
+    assert examples[1] == [] and weights[1] is None  # nothing right: the oracle does not update
 
 
 def test_in_place_sgd_used_for_sampling_equals_the_differentiable_inner_loop(peft64, pretrained) -> None:
@@ -137,37 +170,48 @@ def test_in_place_sgd_used_for_sampling_equals_the_differentiable_inner_loop(pef
             torch.testing.assert_close(p, adapted.params[name].detach(), rtol=0, atol=1e-12)
 
 
-def _fake_practice(problems, m):
-    """Parseable practice completions: related training problems, every other one with a wrong answer."""
+def _fake_practice(problems, m, kind="related"):
+    """Parseable practice completions, every other one with a wrong answer: related training problems, or
+    solutions of the target itself."""
+    wrong = lambda solution, i: solution if i % 2 else solution.replace("#### ", "#### 1")  # noqa: E731
+    if kind == "self":
+        return [[f" {wrong(p.solution, i)}" for i in range(m)] for p in problems]
     pool = task_problems(SPEC, 50, split="train", seed=8)
-    return [[f" {q.question}\nAnswer: {q.solution if i % 2 else q.solution.replace('#### ', '#### 1')}"
+    return [[f" {q.question}\nAnswer: {wrong(q.solution, i)}"
              for i, q in enumerate(pool[b * m:(b + 1) * m])] for b in range(len(problems))]
 
 
-@pytest.mark.parametrize("meta_gradient", ["unroll", "checkpointed", "forward_over_reverse"])
+@pytest.mark.parametrize(("meta_gradient", "practice"), [("unroll", "related"), ("checkpointed", "related"),
+                                                         ("forward_over_reverse", "related"), ("unroll", "self")])
 def test_scorer_gradient_of_the_meta_step_equals_the_direct_chain_rule(peft64, pretrained, monkeypatch,
-                                                                        meta_gradient) -> None:
+                                                                        meta_gradient, practice) -> None:
     """lm_meta_step splits ∂L/∂η into ∂L/∂s (through the inner loop, any exact mode) then s.backward; rebuild it
     in one graph."""
     import mass_ref.lm.mass as lm_mass
 
     tokenizer = pretrained[1]
-    config = dataclasses.replace(SMALL, train_generator=False, meta_gradient=meta_gradient)
+    config = dataclasses.replace(SMALL, train_generator=False, meta_gradient=meta_gradient, practice=practice)
     problems = task_problems(SPEC, 2, split="train", seed=7)
-    completions = _fake_practice(problems, config.num_synthetic)
+    completions = _fake_practice(problems, config.num_synthetic, practice)
     monkeypatch.setattr(lm_mass, "sample_answers", lambda *args, **kwargs: completions)
     torch.manual_seed(0)
     scorer = LMScorer(peft64.config.hidden_size).double()
     with torch.no_grad():
         scorer.net[-1].weight.normal_(0, 0.3)
+        scorer.stats.weight.normal_(0, 0.3)
+        scorer.log_step_scale.fill_(-0.2)
     optimizer = torch.optim.SGD(scorer.parameters(), lr=0.0)  # lr 0: η stays put; read its gradient
     grads = {}
     optimizer.step = lambda *a, **k: grads.update({n: p.grad.clone() for n, p in scorer.named_parameters()})
     lm_meta_step(peft64, tokenizer, PLAIN, scorer, problems, config, {"scorer": optimizer}, seed=3)
     total = 0.0
     for problem, group in zip(problems, completions):
-        examples = [PLAIN.parse(c) for c in group]
-        weights = scorer(pooled_features(peft64, tokenizer, problem.question, examples).double())
+        if practice == "self":
+            examples = [PLAIN.solve_pair(problem.question, c.strip()) for c in group]
+            context = ""
+        else:
+            examples, context = [PLAIN.parse(c) for c in group], f"Problem: {problem.question}\n"
+        weights = scorer(scorer_features(peft64, tokenizer, examples, add_bos=True, context=context).double())
         adapted = adapt_lora(peft64, sft_batch(tokenizer, examples, add_bos=True), inner_lr=config.inner_lr,
                              num_steps=config.num_inner_steps, weights=weights)
         gold = sft_batch(tokenizer, [PLAIN.solve_pair(problem.question, problem.solution)], add_bos=True)
@@ -246,7 +290,8 @@ def test_practice_pools_and_gold_loss_without_examples(pretrained) -> None:
     assert len(random_practice(task_problems(SPEC, 10, split="train", seed=3), PLAIN, 4, m=3, seed=0)) == 4
     with pytest.raises(ValueError, match="fewer than m"):
         random_practice(targets, PLAIN, 2, m=5, seed=0)
-    base = lm_evaluate.test_time_gold_loss(model, tokenizer, PLAIN, targets, None, steps=1, inner_lr=1.0)
+    _, base = lm_evaluate.test_time_results(model, tokenizer, PLAIN, targets, None, steps=1, inner_lr=1.0,
+                                            max_new_tokens=4)
     with torch.no_grad():
         direct = sft_losses_per_example(model, sft_batch(
             tokenizer, [PLAIN.solve_pair(p.question, p.solution) for p in targets], add_bos=True))
@@ -304,3 +349,97 @@ def test_per_problem_seeds_make_each_problems_samples_independent_of_its_batch(p
     whole = lm_mass._sample_groups(model, pretrained[1], prompts, first_index=0, **options)
     tail = lm_mass._sample_groups(model, pretrained[1], prompts[1:], first_index=1, **options)
     assert tail == whole[1:]
+
+
+def test_one_update_gives_the_answers_of_ttt_accuracy_and_the_gold_loss_under_the_adapted_model(pretrained) -> None:
+    import copy
+
+    from mass_ref.lm import adapted_lora, ttt_accuracy
+
+    model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=0)
+    tokenizer = pretrained[1]
+    targets = task_problems(SPEC, 3, split="test", seed=4)
+    examples = random_practice(task_problems(SPEC, 10, split="train", seed=3), PLAIN, 3, m=2, seed=0)
+    weights = [[0.25, 0.75], None, [1.0, 0.0]]
+    correct, losses = lm_evaluate.test_time_results(model, tokenizer, PLAIN, targets, examples, steps=1, inner_lr=1.0,
+                                                    max_new_tokens=16, weights=weights)
+    _, expected = ttt_accuracy(model, tokenizer, [0, 1, 2], lambda i: examples[i], steps=1, lr=1.0, optimizer="sgd",
+                               prompt_fn=lambda i: PLAIN.solve(targets[i].question), max_new_tokens=16,
+                               gold_fn=lambda i: targets[i].answer, add_bos=True, weights_for=lambda i, ex: weights[i])
+    assert correct == expected
+    for target, ex, w, loss in zip(targets, examples, weights, losses):
+        gold = sft_batch(tokenizer, [PLAIN.solve_pair(target.question, target.solution)], add_bos=True)
+        with adapted_lora(model, tokenizer, ex, steps=1, lr=1.0, optimizer="sgd", weights=w, add_bos=True), \
+                torch.no_grad():
+            assert loss == pytest.approx(sft_losses_per_example(model, gold).item(), rel=1e-6)
+
+
+def test_rows_on_one_lora_state_share_their_practice_and_the_oracle_skips_useless_sets(pretrained, tmp_path) -> None:
+    import copy
+
+    import mass_ref.lm.experiment as experiment
+
+    model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=0)
+    config = dataclasses.replace(SMALL, practice="self")
+    rows = ["base", "tt_ss", "oracle_right_only"]
+    out = experiment.evaluate_lm_methods(model, pretrained[1], PLAIN, config, SPEC, methods=rows, seed=0, steps=1,
+                                         output_dir=tmp_path, n_problems=4, num_examples=3)
+    assert list(out) == rows and out["tt_ss"]["sets"] is out["oracle_right_only"]["sets"]
+    targets = task_problems(SPEC, 4, split="test", seed=20_000)  # evaluate_lm_methods' held-out problems, seed 0
+    for i, s in enumerate(out["tt_ss"]["sets"]):
+        assert s.examples and all(prompt == PLAIN.solve(targets[i].question) for prompt, _ in s.examples)
+        if not any(s.right):  # nothing right: the oracle answers without an update, as the base model does
+            assert out["oracle_right_only"]["correct"][i] == out["base"]["correct"][i]
+            assert out["oracle_right_only"]["gold_loss"][i] == pytest.approx(out["base"]["gold_loss"][i])
+
+
+def test_shipped_runs_are_used_only_for_the_same_model_config_seed_and_steps(pretrained, tmp_path) -> None:
+    import copy
+
+    import mass_ref.lm.experiment as experiment
+
+    model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=0)
+    config = dataclasses.replace(SMALL, practice="self", train_generator=False)
+    shipped = tmp_path / "shipped"
+    experiment.train_lm_methods(model, pretrained[1], PLAIN, config, SPEC, methods=["mass_gold"], seeds=[0], steps=1,
+                                output_dir=shipped, progress=False)
+    use = lambda out, **changes: experiment.use_shipped_runs(  # noqa: E731
+        changes.pop("model", model), changes.pop("config", config), methods=["mass_gold"], seeds=[0],
+        steps=changes.pop("steps", 1), output_dir=tmp_path / out, shipped_dir=shipped)
+    assert use("other_steps", steps=2) == []
+    assert use("other_config", config=dataclasses.replace(config, inner_lr=0.5)) == []
+    other_model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=1)  # other initial LoRA
+    assert use("other_model", model=other_model) == []
+    assert use("same") == ["mass_gold_seed0.pt"]
+    assert (tmp_path / "same" / "mass_gold_seed0.pt").read_bytes() == (shipped / "mass_gold_seed0.pt").read_bytes()
+    assert use("same") == []  # never replaces a file that is there
+
+
+def test_practice_kind_is_checked_and_self_practice_is_the_target_itself() -> None:
+    from mass_ref.lm import parse_practice_completion, practice_is_right, practice_prompt_for
+
+    with pytest.raises(ValueError, match=r"practice must be one of \('related', 'self'\)"):
+        LMMassConfig(practice="similar")
+    target = task_problems(SPEC, 1, split="test", seed=0)[0]
+    assert practice_prompt_for(PLAIN, "self", target.question) == PLAIN.solve(target.question)
+    assert practice_prompt_for(PLAIN, "related", target.question) == PLAIN.practice(target.question)
+    question, solution = parse_practice_completion("self", target.question, f" {target.solution}")
+    assert question == target.question and practice_is_right("self", target, question, solution) is True
+    assert practice_is_right("self", target, question, f"#### {target.answer + 1}") is False
+    assert practice_is_right("related", target, "Not a templated question.", "#### 3") is None
+
+
+def test_rows_that_need_skill_labels_are_refused_on_benchmarks_before_any_work(pretrained, tmp_path) -> None:
+    import copy
+    from pathlib import Path
+
+    import mass_ref.lm.experiment as experiment
+    from mass_ref.lm import LMDataSpec, ProblemSource
+
+    fixtures = Path(__file__).parent / "fixtures"
+    source = ProblemSource(LMDataSpec(train="gsm8k", test="gsm8k", train_path=str(fixtures / "gsm8k_train_sample.jsonl"),
+                                      test_path=str(fixtures / "gsm8k_test_sample.jsonl")))
+    model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=0)
+    with pytest.raises(ValueError, match=r"rows \['related_gold'\] need the tiny task family"):
+        experiment.evaluate_lm_methods(model, pretrained[1], PLAIN, SMALL, source, methods=["base", "related_gold"],
+                                       seed=0, steps=1, output_dir=tmp_path, n_problems=2, num_examples=2)

@@ -37,7 +37,7 @@ from mass_ref.lm.generate import accuracy, default_gold, generate_answers, sampl
 from mass_ref.lm.timing import time_sft_and_meta_step
 from mass_ref.lm.formats import PLAIN, PromptFormat, chat_format, parse_practice, pretraining_corpus
 from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm, task_problems
-from mass_ref.lm.scorer import LMScorer, pooled_features
+from mass_ref.lm.scorer import NUM_STATS, LMScorer, scorer_features
 from mass_ref.lm.mass import (LMMassConfig, completion_logprobs, layer_checkpointing, lm_meta_step, problem_seed,
                               solver_grpo_step)
 from mass_ref.lm.problems import LMDataSpec, ProblemSource, TextProblem, text_problems
@@ -45,24 +45,35 @@ from mass_ref.lm.trainer import train_lm_mass
 from mass_ref.lm.experiment import (
     ALL_LINEAR,
     EVAL_METHODS,
+    PAIRED_DIFFERENCES,
+    SHIPPED_RUNS,
+    TINY_ONLY_ROWS,
     TRAINED_METHODS,
     LMModelSpec,
     as_problem_source,
     checkpoint_path,
     evaluate_lm_methods,
     load_lm_for_mass,
-    model_results,
-    summarize_lm_methods,
+    model_fingerprint,
     train_lm_methods,
+    use_shipped_runs,
+)
+from mass_ref.lm.summary import model_results, summarize_lm_methods
+from mass_ref.lm.practice import (
+    PRACTICE_KINDS,
+    answer_agreement,
+    parse_practice_completion,
+    practice_is_right,
+    practice_prompt_for,
 )
 from mass_ref.lm.evaluate import (
     PracticeSet,
     practice_sets,
     random_practice,
     related_practice,
+    right_only,
     scorer_auc,
-    test_time_accuracy,
-    test_time_gold_loss,
+    test_time_results,
 )
 from mass_ref.lm.ttt import (
     OPTIMIZERS,
@@ -124,14 +135,20 @@ __all__ = [
     "completion_logprobs",
     "layer_checkpointing",
     "lm_meta_step",
-    "pooled_features",
+    "NUM_STATS",
+    "PRACTICE_KINDS",
+    "answer_agreement",
+    "parse_practice_completion",
+    "practice_is_right",
+    "practice_prompt_for",
     "practice_sets",
+    "right_only",
+    "scorer_features",
     "random_practice",
     "related_practice",
     "scorer_auc",
     "solver_grpo_step",
-    "test_time_accuracy",
-    "test_time_gold_loss",
+    "test_time_results",
     "problem_seed",
     "train_lm_mass",
     # problem sources (chapter 7)
@@ -143,12 +160,17 @@ __all__ = [
     "ALL_LINEAR",
     "EVAL_METHODS",
     "LMModelSpec",
+    "PAIRED_DIFFERENCES",
+    "SHIPPED_RUNS",
+    "TINY_ONLY_ROWS",
     "TRAINED_METHODS",
     "as_problem_source",
     "checkpoint_path",
     "evaluate_lm_methods",
     "load_lm_for_mass",
+    "model_fingerprint",
     "model_results",
     "summarize_lm_methods",
     "train_lm_methods",
+    "use_shipped_runs",
 ]

@@ -1,17 +1,20 @@
 """Test-time evaluation of the LM methods under one budget: m examples, a few SGD steps, greedy answer.
 
-Every method answers a held-out problem T the same way (:func:`test_time_accuracy`): adapt the
+Every method answers a held-out problem T the same way (:func:`test_time_results`): adapt the
 LoRA tensors with ``steps`` plain SGD steps of step size α on Σ_i w_i ℓ_SFT(p_i, a_i), answer
-greedily, restore the adapter. The methods differ only in where (p_i, a_i) and w_i come from:
+greedily and score the gold solution's loss, restore the adapter. The methods differ only in where
+(p_i, a_i) and w_i come from:
 
-=============  ==============================================================================
-Base           no examples (no update)
-Base TTT       m random *training* problems with gold solutions (:func:`random_practice`)
-(oracle)       m problems of the target's skill set with gold solutions (:func:`related_practice`)
-TT-SS          m problems the base model writes for T itself, w_i = 1/m (:func:`practice_sets`)
-Solver GRPO    no examples; the LoRA tensors were RL-trained on solving
-MASS(_gold)    m problems the meta-trained model writes, w_i = s_η (the meta-trained scorer)
-=============  ==============================================================================
+=================  ==========================================================================
+Base               no examples (no update)
+Base TTT           m random *training* problems with gold solutions (:func:`random_practice`)
+TT-SS              m practice examples the model writes for T (:func:`practice_sets`), w_i = 1/m
+oracle right-only  the same examples, weight only on the right ones (:func:`right_only`): a ceiling
+related gold       m problems of T's skill set with gold solutions (:func:`related_practice`): a
+                   perfect related-problem generator, another ceiling
+Solver GRPO        no examples; the LoRA tensors were RL-trained on solving
+MASS(_gold)        m examples the meta-trained model writes, w_i = s_η (the meta-trained scorer)
+=================  ==========================================================================
 
 Introduced in notebooks/05_mass_llm.ipynb.
 """
@@ -27,16 +30,17 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from mass_ref.attribution import roc_auc
-from mass_ref.lm.formats import PromptFormat, parse_practice
-from mass_ref.lm.generate import sample_answers
-from mass_ref.lm.mass import synthetic_is_right
-from mass_ref.lm.scorer import LMScorer, pooled_features
+from mass_ref.lm.formats import PromptFormat
+from mass_ref.lm.generate import generate_answers, sample_answers
+from mass_ref.lm.practice import parse_practice_completion, practice_is_right, practice_prompt_for, scorer_context
+from mass_ref.lm.scorer import LMScorer, scorer_features
 from mass_ref.lm.sft import sft_batch, sft_losses_per_example
-from mass_ref.lm.ttt import adapted_lora, ttt_accuracy
+from mass_ref.lm.ttt import adapted_lora
 from mass_ref.tasks.arithmetic import ArithmeticProblem
+from mass_ref.tasks.verify import is_correct
 
-__all__ = ["PracticeSet", "practice_sets", "random_practice", "related_practice", "scorer_auc", "test_time_accuracy",
-           "test_time_gold_loss"]
+__all__ = ["PracticeSet", "practice_sets", "random_practice", "related_practice", "right_only", "scorer_auc",
+           "test_time_results"]
 
 Example = tuple[str, str]
 
@@ -48,15 +52,17 @@ class PracticeSet:
     Attributes:
         completions: the m raw generated completions.
         examples: the parseable ones as (prompt, answer) pairs in the model's format.
-        weights: the scorer's s_i per example, or None (uniform 1/m).
+        weights: the scorer's s_i per example (they sum to its step scale c), or None (uniform 1/m).
         right: per example, whether its answer is the true answer of its question (None: the
             question does not follow the task's templates, so the truth is unknown).
+        scores: the scorer's logits z_i/τ (comparable across problems, for AUCs), or None.
     """
 
     completions: list[str]
     examples: list[Example]
     weights: list[float] | None
     right: list[bool | None]
+    scores: list[float] | None = None
 
 
 def practice_sets(
@@ -70,23 +76,44 @@ def practice_sets(
     max_new_tokens: int,
     seed: int,
     scorer: LMScorer | None = None,
+    kind: str = "related",
     batch_size: int = 32,
 ) -> list[PracticeSet]:
-    """m self-generated practice problems per target (sampled from ``fmt.practice``), scored by ``scorer``."""
-    completions = sample_answers(model, tokenizer, [fmt.practice(p.question) for p in problems], num_samples=m,
-                                 temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
-                                 batch_size=batch_size, add_bos=fmt.add_bos)
+    """m self-written practice examples per target of ``kind`` (:mod:`mass_ref.lm.practice`), scored by ``scorer``."""
+    prompts = [practice_prompt_for(fmt, kind, p.question) for p in problems]
+    completions = sample_answers(model, tokenizer, prompts, num_samples=m, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, add_bos=fmt.add_bos)
     sets = []
     for problem, group in zip(problems, completions):
-        raw = [pair for pair in map(parse_practice, group) if pair is not None]
+        raw = [pair for c in group if (pair := parse_practice_completion(kind, problem.question, c)) is not None]
         examples = [fmt.solve_pair(*pair) for pair in raw]
-        weights = None
+        weights = scores = None
         if scorer is not None and examples:
             device = next(scorer.parameters()).device
+            features = scorer_features(model, tokenizer, examples, add_bos=fmt.add_bos,
+                                       context=scorer_context(kind, problem.question)).to(device)
             with torch.no_grad():
-                weights = scorer(pooled_features(model, tokenizer, problem.question, examples).to(device)).tolist()
-        sets.append(PracticeSet(list(group), examples, weights, [synthetic_is_right(*pair) for pair in raw]))
+                logits = scorer.logits(features)
+                weights = (scorer.log_step_scale.exp() * torch.softmax(logits, 0)).tolist()
+                scores = logits.tolist()
+        right = [practice_is_right(kind, problem, *pair) for pair in raw]
+        sets.append(PracticeSet(list(group), examples, weights, right, scores))
     return sets
+
+
+def right_only(sets: Sequence[PracticeSet]) -> tuple[list[list[Example]], list[list[float] | None]]:
+    """The oracle's (examples, weights): uniform weight on each set's right examples, none on the others.
+
+    A set with no right example gives no examples (no update: the oracle knows the data is useless).
+    Needs labels a method never has; it measures how much any weighting of this data could gain.
+    """
+    examples, weights = [], []
+    for s in sets:
+        known_right = [bool(r) for r in s.right]
+        n_right = sum(known_right)
+        examples.append(list(s.examples) if n_right else [])
+        weights.append([r / n_right for r in known_right] if n_right else None)
+    return examples, weights
 
 
 def random_practice(
@@ -122,7 +149,7 @@ def related_practice(
     return sets
 
 
-def test_time_accuracy(
+def test_time_results(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     fmt: PromptFormat,
@@ -134,65 +161,55 @@ def test_time_accuracy(
     max_new_tokens: int,
     weights: Sequence[Sequence[float] | None] | None = None,
     progress: bool = False,
-) -> list[bool]:
-    """Per-problem correctness after test-time SGD on ``examples[i]`` (weights ``weights[i]``) for problem i.
+) -> tuple[list[bool], list[float]]:
+    """Per problem i: SGD on ``examples[i]`` (weights ``weights[i]``), then the greedy answer's correctness
+    and the gold solution's loss ℓ_SFT(φ'; T, R*), both under the same adapted φ' (one update each).
+    The loss is MASS_gold's outer loss and a far less noisy measure than accuracy of whether the
+    examples helped.
 
-    ``examples=None`` answers without any update (Base, Solver GRPO). The adapter is restored
-    after every problem, bit for bit.
+    ``examples=None`` (or an empty list for a problem) answers without an update. The adapter is
+    restored after every problem, bit for bit. Returns ``(correct, gold_loss)``.
     """
     if examples is not None and len(examples) != len(problems):
         raise ValueError(f"need one example list per problem; got {len(examples)} for {len(problems)} problems.")
     if weights is not None and len(weights) != len(problems):
         raise ValueError(f"need one weight list (or None) per problem; got {len(weights)} for {len(problems)}.")
-    _, correct = ttt_accuracy(
-        model, tokenizer, list(range(len(problems))),
-        (lambda i: []) if examples is None else (lambda i: examples[i]),
-        steps=steps, lr=inner_lr, optimizer="sgd", prompt_fn=lambda i: fmt.solve(problems[i].question),
-        max_new_tokens=max_new_tokens, gold_fn=lambda i: problems[i].answer, add_bos=fmt.add_bos,
-        weights_for=None if weights is None else (lambda i, ex: weights[i]), progress=progress)
-    return correct
+    device = next(model.parameters()).device
+    correct, losses = [], []
+    iterator: Sequence[ArithmeticProblem] = problems
+    if progress:
+        from tqdm.auto import tqdm
 
-
-def test_time_gold_loss(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    fmt: PromptFormat,
-    problems: Sequence[ArithmeticProblem],
-    examples: Sequence[Sequence[Example]] | None,
-    *,
-    steps: int,
-    inner_lr: float,
-    weights: Sequence[Sequence[float] | None] | None = None,
-) -> list[float]:
-    """Per-problem ℓ_SFT(φ'; T, R*), the gold solution's mean token cross-entropy after the test-time update.
-
-    The continuous twin of :func:`test_time_accuracy` (same update, then no decoding): MASS_gold's
-    outer loss, and a far less noisy measure than accuracy of whether the examples helped.
-    """
-    losses = []
-    for i, problem in enumerate(problems):
+        iterator = tqdm(problems, desc="test-time training")
+    for i, problem in enumerate(iterator):
         ex = [] if examples is None else list(examples[i])
         w = None if weights is None or not ex else weights[i]
         gold = sft_batch(tokenizer, [fmt.solve_pair(problem.question, problem.solution)], add_bos=fmt.add_bos)
         with adapted_lora(model, tokenizer, ex, steps=steps, lr=inner_lr, optimizer="sgd", weights=w,
-                          add_bos=fmt.add_bos), torch.no_grad():
-            losses.append(sft_losses_per_example(model, gold.to(next(model.parameters()).device)).item())
-    return losses
+                          add_bos=fmt.add_bos):
+            (answer,) = generate_answers(model, tokenizer, [fmt.solve(problem.question)],
+                                         max_new_tokens=max_new_tokens, add_bos=fmt.add_bos)
+            with torch.no_grad():
+                losses.append(sft_losses_per_example(model, gold.to(device)).item())
+        correct.append(is_correct(answer, problem.answer))
+    return correct, losses
 
 
 def scorer_auc(sets: Sequence[PracticeSet]) -> float:
-    """AUC of the scorer's weights for right vs wrong self-generated examples (NaN if a class is empty).
+    """AUC of the scorer's logits for right vs wrong self-written examples, pooled over problems (NaN if a
+    class is empty).
 
-    1.0: every right example outweighs every wrong one; 0.5: the scorer cannot tell them apart.
-    Examples whose truth is unknown are left out.
+    1.0: every right example outranks every wrong one; 0.5: the scorer cannot tell them apart.
+    Logits, not weights, are compared: weights are normalised within each problem, logits are on one
+    scale. Examples whose truth is unknown are left out.
     """
     scores, labels = [], []
     for s in sets:
-        if s.weights is None:
+        if s.scores is None:
             continue
-        for w, right in zip(s.weights, s.right):
+        for z, right in zip(s.scores, s.right):
             if right is not None:
-                scores.append(w)
+                scores.append(z)
                 labels.append(float(right))
     if not scores or min(labels) == max(labels):
         return float("nan")

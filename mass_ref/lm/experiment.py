@@ -2,20 +2,31 @@
 
 One experiment = a base model (the tiny arithmetic LM or SmolLM2-135M-Instruct, with fresh LoRA
 adapters), a list of trained methods and seeds, and one test-time budget. :func:`train_lm_methods`
-runs :func:`~mass_ref.lm.mass.train_lm_mass` once per (method, seed) with its own checkpoint in
+runs :func:`~mass_ref.lm.trainer.train_lm_mass` once per (method, seed) with its own checkpoint in
 ``output_dir`` (so a killed run resumes where it stopped), and :func:`evaluate_lm_methods`
-answers held-out problems with every method under the same budget:
+answers held-out problems with every row below under the same budget. "own" practice is the
+kind the config trains with (``config.practice``); rows that share a LoRA state and a practice
+kind share the very same sampled examples, so they differ only in their weights.
 
-==============  ===========================================  ==============================
-method          LoRA tensors φ / scorer                      test-time data
-==============  ===========================================  ==============================
-base            initial (B = 0: the pretrained model)        none
-base_ttt        initial                                      m random training problems
-tt_ss           initial                                      m self-written, w_i = 1/m
-solver_grpo     RL-trained on solving (same steps)           none
-mass_gold       meta-trained, outer loss = gold CE           m self-written, w_i = s_η
-mass            meta-trained, outer loss = GRPO + verifier   m self-written, w_i = s_η
-==============  ===========================================  ==============================
+==========================  ==============================  ================================================
+row                         LoRA tensors φ / scorer         test-time data and weights
+==========================  ==============================  ================================================
+base                        initial (B = 0: the base model) none
+base_ttt                    initial                         m random training problems, gold, 1/m
+tt_ss                       initial                         m own practice, w_i = 1/m
+oracle_right_only           initial                         tt_ss's examples, weight on the right ones only
+tt_ss_related               initial                         m related problems it writes, 1/m
+oracle_right_only_related   initial                         tt_ss_related's, right ones only
+related_gold                initial                         m problems of T's skills with gold solutions
+solver_grpo                 RL-trained on solving           none
+<M>_no_update               meta-trained by M               none (the trained LoRA alone)
+<M>_uniform                 meta-trained by M               m own practice from the trained generator, 1/m
+<M> (mass_gold, mass)       meta-trained by M               the same examples, w_i = s_η
+==========================  ==============================  ================================================
+
+How to read them: M − M_no_update is what the test-time update on practice adds to the trained
+weights, M − M_uniform what the scorer's ranking adds, M_no_update − base what meta-training
+did to the solver itself, and oracle_right_only − tt_ss how much room any weighting had.
 
 The notebook and ``python -m mass_ref train|evaluate`` call these same functions.
 
@@ -25,6 +36,9 @@ Introduced in notebooks/05_mass_llm.ipynb.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +50,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mass_ref.checkpoint import load_checkpoint
 from mass_ref.distributed import DataParallel, local_device
-from mass_ref.lm.evaluate import practice_sets, random_practice, scorer_auc, test_time_accuracy, test_time_gold_loss
+from mass_ref.lm.evaluate import PracticeSet, practice_sets, random_practice, related_practice, right_only, scorer_auc, test_time_results
 from mass_ref.lm.formats import PLAIN, PromptFormat, chat_format
 from mass_ref.lm.mass import LMMassConfig
 from mass_ref.lm.models import add_lora, load_lm, load_smollm2, lora_parameters
@@ -45,10 +59,10 @@ from mass_ref.lm.problems import ProblemSource
 from mass_ref.lm.scorer import LMScorer
 from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm
 from mass_ref.lm.trainer import train_lm_mass
-from mass_ref.results import mean_ci95
 
-__all__ = ["ALL_LINEAR", "EVAL_METHODS", "LMModelSpec", "TRAINED_METHODS", "as_problem_source", "checkpoint_path",
-           "evaluate_lm_methods", "load_lm_for_mass", "model_results", "summarize_lm_methods", "train_lm_methods"]
+__all__ = ["ALL_LINEAR", "EVAL_METHODS", "LMModelSpec", "PAIRED_DIFFERENCES", "SHIPPED_RUNS", "TINY_ONLY_ROWS", "TRAINED_METHODS",
+           "as_problem_source", "checkpoint_path", "evaluate_lm_methods", "load_lm_for_mass", "model_fingerprint",
+           "train_lm_methods", "trained_method", "use_shipped_runs"]
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MODEL_NAMES = ("tiny", "smollm2", "hub")
@@ -56,7 +70,40 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch
 DEVICES = ("auto", "cpu", "cuda")
 TRAINED_METHODS = {"mass_gold": ("mass", "gold"), "mass": ("mass", "verifier"), "solver_grpo": ("solver_grpo", "gold")}
 """Trained method → (``LMMassConfig.method``, ``LMMassConfig.outer_mode``)."""
-EVAL_METHODS = ("base", "base_ttt", "tt_ss", "solver_grpo", "mass_gold", "mass")
+_ROWS: dict[str, tuple[str | None, str | None, str | None]] = {
+    "base": (None, None, None),
+    "base_ttt": (None, "random", "uniform"),
+    "tt_ss": (None, "own", "uniform"),
+    "oracle_right_only": (None, "own", "right_only"),
+    "tt_ss_related": (None, "related", "uniform"),
+    "oracle_right_only_related": (None, "related", "right_only"),
+    "related_gold": (None, "related_gold", "uniform"),
+    "solver_grpo": ("solver_grpo", None, None),
+    **{name: row for m in ("mass_gold", "mass") for name, row in (
+        (f"{m}_no_update", (m, None, None)), (f"{m}_uniform", (m, "own", "uniform")), (m, (m, "own", "scorer")))},
+}
+"""Row → (trained method whose LoRA/scorer it loads or None, practice data, weighting); see the table above."""
+EVAL_METHODS = tuple(_ROWS)
+TINY_ONLY_ROWS = ("related_gold", "oracle_right_only_related")
+"""Rows that need the tiny task family's skill labels (related problems and their truth); not for benchmarks."""
+PAIRED_DIFFERENCES: tuple[tuple[str, str], ...] = (
+    *((row, "tt_ss") for row in EVAL_METHODS if row != "tt_ss"),
+    ("mass", "mass_no_update"), ("mass", "mass_uniform"), ("mass_gold", "mass_gold_no_update"),
+    ("mass_gold", "mass_gold_uniform"), ("mass_no_update", "base"), ("mass_gold_no_update", "base"),
+    ("oracle_right_only_related", "tt_ss_related"))
+"""(a, b) pairs whose per-problem differences :func:`summarize_lm_methods` reports when both rows were run."""
+
+
+def trained_method(row: str) -> str | None:
+    """The trained method whose checkpoint an evaluation row loads (None: the base LoRA)."""
+    if row not in _ROWS:
+        raise ValueError(f"unknown method {row!r}; choose from {list(EVAL_METHODS)}.")
+    return _ROWS[row][0]
+
+
+SHIPPED_RUNS = Path(__file__).parent / "metatrained"
+"""Meta-trained checkpoints that ship with the package (``python -m mass_ref train --config configs/lm_mass_tiny.yaml``)."""
+FINGERPRINT_FILE = "model_fingerprint.json"
 
 
 @dataclass(frozen=True)
@@ -179,6 +226,8 @@ def train_lm_methods(
     output_dir.mkdir(parents=True, exist_ok=True)
     initial = {name: t.detach().clone() for name, t in lora_parameters(model).items()}
     device = next(iter(initial.values())).device
+    if parallel is None or parallel.is_main:
+        (output_dir / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": model_fingerprint(model)}) + "\n")
 
     source = as_problem_source(problems)
 
@@ -201,6 +250,46 @@ def train_lm_methods(
     finally:
         _reset_lora(model, initial)
     return histories
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short hash of every parameter (base weights and current LoRA tensors): which model a run started from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def use_shipped_runs(
+    model: nn.Module, config: LMMassConfig, *, methods: Sequence[str], seeds: Sequence[int], steps: int,
+    output_dir: str | Path, shipped_dir: str | Path,
+) -> list[str]:
+    """Copy finished checkpoints from ``shipped_dir`` into ``output_dir`` where they are exactly this run's.
+
+    A checkpoint is used only when the folder was trained from this very model (its
+    :func:`model_fingerprint`, LoRA at its initial values), with this config, seed and number of
+    steps; anything else is left to :func:`train_lm_methods` to train. Existing files in
+    ``output_dir`` are never replaced. Returns the names of the files copied.
+    """
+    shipped_dir, output_dir = Path(shipped_dir), Path(output_dir)
+    recorded = shipped_dir / FINGERPRINT_FILE
+    if not recorded.is_file() or json.loads(recorded.read_text())["fingerprint"] != model_fingerprint(model):
+        return []
+    output_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for method in methods:
+        kind, outer_mode = TRAINED_METHODS[method]
+        expected = dataclasses.asdict(dataclasses.replace(config, method=kind, outer_mode=outer_mode))
+        for seed in seeds:
+            source, target = checkpoint_path(shipped_dir, method, seed), checkpoint_path(output_dir, method, seed)
+            state = load_checkpoint(source)
+            if target.exists() or state is None:
+                continue
+            if state["config"] == expected and state["seed"] == seed and len(state["history"]) == steps:
+                shutil.copyfile(source, target)
+                copied.append(target.name)
+    return copied
 
 
 def _new_scorer(model: nn.Module, seed: int, device: torch.device) -> LMScorer:
@@ -238,104 +327,71 @@ def evaluate_lm_methods(
     num_inner_steps: int = 1,
     progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Answer ``n_problems`` held-out problems with every method of ``methods`` (see the table above).
+    """Answer ``n_problems`` held-out problems with every row of ``methods`` (see the table above).
 
-    Test problems are ``problems.test(n_problems, seed=20_000 + seed)``, Base TTT draws from
-    ``problems.train(500, seed=30_000 + seed)``; all self-written data is sampled with
-    ``seed``; every update is ``num_inner_steps`` SGD steps of size ``config.inner_lr`` on m =
-    ``num_examples`` examples. Trained methods read their checkpoint for ``seed`` from ``output_dir``.
+    Test problems are ``problems.test(n_problems, seed=20_000 + seed)``; Base TTT draws from
+    ``problems.train(500, seed=30_000 + seed)``, related gold from ``problems.test(2_000, seed=40_000 +
+    seed)`` (same skill sets, other problems); all self-written data is sampled with ``seed``; every
+    update is ``num_inner_steps`` SGD steps of size ``config.inner_lr`` on m = ``num_examples``
+    examples. Trained rows read their checkpoint for ``seed`` from ``output_dir``.
 
     Returns:
-        ``{method: {"correct": [bool]*n, "gold_loss": [float]*n, "sets": [PracticeSet] | None,
+        ``{row: {"correct": [bool]*n, "gold_loss": [float]*n, "sets": [PracticeSet] | None,
         "auc": float}}`` (``auc``: the scorer's right-vs-wrong AUC, NaN without a scorer).
     """
-    unknown = [m for m in methods if m not in EVAL_METHODS]
+    unknown = [m for m in methods if m not in _ROWS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(EVAL_METHODS)}.")
     output_dir = Path(output_dir)
-    for method in methods:  # refuse unfinished training before any work
-        if method in TRAINED_METHODS:
-            state = load_checkpoint(checkpoint_path(output_dir, method, seed))
-            done = 0 if state is None else len(state["history"])
-            if done < steps:
-                raise ValueError(f"{checkpoint_path(output_dir, method, seed)} holds {done}/{steps} steps; train it "
-                                 "first (train_lm_methods / `python -m mass_ref train` resume where they stopped).")
+    for trained in dict.fromkeys(_ROWS[m][0] for m in methods if _ROWS[m][0] is not None):  # before any work
+        state = load_checkpoint(checkpoint_path(output_dir, trained, seed))
+        done = 0 if state is None else len(state["history"])
+        if done < steps:
+            raise ValueError(f"{checkpoint_path(output_dir, trained, seed)} holds {done}/{steps} steps; train it "
+                             "first (train_lm_methods / `python -m mass_ref train` resume where they stopped).")
     source = as_problem_source(problems)
+    needs_skills = [m for m in methods if m in TINY_ONLY_ROWS]
+    if needs_skills and source.data.test != "tiny":
+        raise ValueError(f"rows {needs_skills} need the tiny task family's skill labels; the test data is "
+                         f"{source.data.test!r}: leave them out (every row but TINY_ONLY_ROWS works on benchmarks).")
     held_out = source.test(n_problems, seed=20_000 + seed)
     initial = {name: t.detach().clone() for name, t in lora_parameters(model).items()}
-    budget = dict(steps=num_inner_steps, inner_lr=config.inner_lr)
+    budget = dict(steps=num_inner_steps, inner_lr=config.inner_lr, max_new_tokens=config.answer_max_new_tokens,
+                  progress=progress)
+    by_trained: dict[str | None, list[str]] = {}
+    for method in methods:  # one LoRA state at a time, its practice sampled once for all its rows
+        by_trained.setdefault(_ROWS[method][0], []).append(method)
     results: dict[str, dict[str, Any]] = {}
     try:
-        for method in methods:
+        for trained, rows in by_trained.items():
             _reset_lora(model, initial)
-            scorer, sets, examples, weights = None, None, None, None
-            if method in TRAINED_METHODS:
-                scorer = _trained_state(model, output_dir, method, seed, steps)
-            if method == "base_ttt":
-                pool = source.train(500, seed=30_000 + seed)
-                examples = random_practice(pool, fmt, len(held_out), m=num_examples, seed=seed)
-            elif method in ("tt_ss", "mass_gold", "mass"):
-                sets = practice_sets(model, tokenizer, fmt, held_out, m=num_examples, temperature=config.temperature,
-                                     max_new_tokens=config.practice_max_new_tokens, seed=seed, scorer=scorer)
-                examples, weights = [s.examples for s in sets], [s.weights for s in sets]
-            correct = test_time_accuracy(model, tokenizer, fmt, held_out, examples, weights=weights,
-                                         max_new_tokens=config.answer_max_new_tokens, progress=progress, **budget)
-            gold_loss = test_time_gold_loss(model, tokenizer, fmt, held_out, examples, weights=weights, **budget)
-            results[method] = {"correct": correct, "gold_loss": gold_loss, "sets": sets,
-                               "auc": scorer_auc(sets) if sets is not None and scorer is not None else float("nan")}
+            scorer = None if trained is None else _trained_state(model, output_dir, trained, seed, steps)
+            sampled: dict[str, list[PracticeSet]] = {}
+            for method in rows:
+                _, data, weighting = _ROWS[method]
+                kind = config.practice if data == "own" else data
+                sets, examples, weights = None, None, None
+                if data == "random":
+                    pool = source.train(500, seed=30_000 + seed)
+                    examples = random_practice(pool, fmt, len(held_out), m=num_examples, seed=seed)
+                elif data == "related_gold":
+                    pool = source.test(2_000, seed=40_000 + seed)
+                    examples = related_practice(pool, fmt, held_out, m=num_examples, seed=seed)
+                elif data is not None:
+                    if kind not in sampled:
+                        sampled[kind] = practice_sets(
+                            model, tokenizer, fmt, held_out, m=num_examples, temperature=config.temperature,
+                            max_new_tokens=config.practice_max_new_tokens, seed=seed, scorer=scorer, kind=kind)
+                    sets = sampled[kind]
+                    examples = [s.examples for s in sets]
+                    if weighting == "right_only":
+                        examples, weights = right_only(sets)
+                    elif weighting == "scorer":
+                        weights = [s.weights for s in sets]
+                correct, gold_loss = test_time_results(model, tokenizer, fmt, held_out, examples, weights=weights,
+                                                       **budget)
+                auc = scorer_auc(sets) if sets is not None and weighting == "scorer" else float("nan")
+                results[method] = {"correct": correct, "gold_loss": gold_loss, "sets": sets, "auc": auc}
     finally:
         _reset_lora(model, initial)
-    return results
-
-
-def summarize_lm_methods(per_seed: dict[int, dict[str, dict[str, Any]]]) -> dict[str, float]:
-    """Pool :func:`evaluate_lm_methods` results over seeds into a flat, JSON-ready table.
-
-    Keys per method M: ``acc_M`` and ``gold_loss_M`` with ``_ci95`` twins (95% t-interval over
-    all problems of all seeds); ``acc_M_minus_tt_ss`` (paired per problem) when both were run;
-    ``scorer_auc_wrong_vs_right`` (the mean over seeds of MASS's AUC, else MASS_gold's); ``n_problems``
-    and ``n_seeds``.
-    """
-    if not per_seed:
-        raise ValueError("per_seed is empty; evaluate at least one seed.")
-    seeds = sorted(per_seed)
-    methods = list(per_seed[seeds[0]])
-    summary: dict[str, float] = {"n_seeds": len(seeds),
-                                 "n_problems": sum(len(per_seed[s][methods[0]]["correct"]) for s in seeds)}
-    for method in methods:
-        correct = [float(c) for s in seeds for c in per_seed[s][method]["correct"]]
-        summary[f"acc_{method}"], summary[f"acc_{method}_ci95"] = mean_ci95(correct)
-        losses = [x for s in seeds for x in per_seed[s][method]["gold_loss"]]
-        summary[f"gold_loss_{method}"], summary[f"gold_loss_{method}_ci95"] = mean_ci95(losses)
-        if method != "tt_ss" and "tt_ss" in methods:
-            diff = [float(a) - float(b) for s in seeds
-                    for a, b in zip(per_seed[s][method]["correct"], per_seed[s]["tt_ss"]["correct"])]
-            summary[f"acc_{method}_minus_tt_ss"], summary[f"acc_{method}_minus_tt_ss_ci95"] = mean_ci95(diff)
-    for method in ("mass", "mass_gold"):
-        aucs = [per_seed[s][method]["auc"] for s in seeds if method in per_seed[s]]
-        aucs = [a for a in aucs if a == a]  # drop NaN (a seed with only right or only wrong examples)
-        if aucs:
-            summary["scorer_auc_wrong_vs_right"] = sum(aucs) / len(aucs)
-            summary["scorer_auc_method"] = method  # type: ignore[assignment]
-            break
-    return summary
-
-
-def model_results(name: str, table: dict[str, float], *, time_ratio: float, methods: Sequence[str]) -> dict[str, Any]:
-    """Prefix one model's :func:`summarize_lm_methods` table for a results file: ``<name>_<key>``.
-
-    Keeps ``acc_*``, ``gold_loss_*`` and ``scorer_auc_wrong_vs_right`` (NaN entries are dropped: no
-    number is better than a made-up one), adds ``<name>_meta_step_over_sft_step_time_ratio`` =
-    ``time_ratio`` and ``<name>_methods_not_run``: the methods of :data:`EVAL_METHODS` absent from
-    ``methods``, comma-separated, or ``"none"``. A method that was not run gets no accuracy key.
-    """
-    if not name.isidentifier():
-        raise ValueError(f"model name {name!r} must be an identifier (it prefixes results keys), e.g. 'tiny'.")
-    out: dict[str, Any] = {f"{name}_n_problems": table["n_problems"], f"{name}_n_seeds": table["n_seeds"],
-                           f"{name}_meta_step_over_sft_step_time_ratio": time_ratio}
-    for key, value in table.items():
-        keep = key.startswith(("acc_", "gold_loss_")) or key == "scorer_auc_wrong_vs_right"
-        if keep and isinstance(value, float) and value == value:
-            out[f"{name}_{key}"] = value
-    out[f"{name}_methods_not_run"] = ", ".join(m for m in EVAL_METHODS if m not in methods) or "none"
-    return out
+    return {method: results[method] for method in methods}

@@ -3,9 +3,11 @@
 The LM's LoRA tensors φ are its trainable "self" (the base weights stay frozen). For a meta-batch
 of training problems T_b with gold solutions R*_b, one MASS meta-step does
 
-1. generate: m completions c_bi ~ π_φ(· | practice(T_b)), parsed into pairs (p_bi, a_bi)
-   (unparseable ones are dropped from the inner loop and penalised in step 6);
-2. score:    s_bi = s_η(T_b, p_bi, a_bi)  (:class:`~mass_ref.lm.scorer.LMScorer`; 1/m without one);
+1. generate: m completions c_bi ~ π_φ(· | prompt(T_b)), parsed into pairs (p_bi, a_bi): new related
+   problems, or attempts at T_b itself (``config.practice``, :mod:`mass_ref.lm.practice`);
+   unparseable ones are dropped from the inner loop and penalised in step 6;
+2. score:    s_bi = c · softmax_i z_η(T_b, p_bi, a_bi)  (:class:`~mass_ref.lm.scorer.LMScorer`: a ranking within the
+             problem times a learned step scale c; 1/m without a scorer);
 3. adapt:    φ'_b = K differentiable SGD steps on Σ_i s_bi ℓ_SFT(φ; p_bi, a_bi), from φ
              (:func:`~mass_ref.lm.models.adapt_lora`, ``torch.func`` over the LoRA tensors);
 4. outer:    gold (MASS_gold):  L_b = ℓ_SFT(φ'_b; T_b, R*_b)
@@ -37,18 +39,20 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mass_ref.grpo import clipped_policy_loss, group_advantages
-from mass_ref.lm.formats import PromptFormat, parse_practice
+from mass_ref.lm.formats import PromptFormat
 from mass_ref.lm.generate import sample_answers
 from mass_ref.lm.models import lora_parameters, require_eager_attention
-from mass_ref.lm.scorer import LMScorer, pooled_features
+from mass_ref.lm.practice import (check_practice_kind, parse_practice_completion, practice_is_right, practice_prompt_for,
+                                  scorer_context)
+from mass_ref.lm.scorer import LMScorer, scorer_features
 from mass_ref.lm.sft import SFTBatch, sft_batch, sft_losses_per_example
 from mass_ref.lm.ttt import lora_sft_steps_on_batch, restored_lora
 from mass_ref.metagrad import check_meta_gradient_mode, weight_meta_gradient
-from mass_ref.tasks.arithmetic import ArithmeticProblem, solve_question
-from mass_ref.tasks.verify import extract_answer, is_correct
+from mass_ref.tasks.arithmetic import ArithmeticProblem
+from mass_ref.tasks.verify import is_correct
 
 __all__ = ["LMMassConfig", "completion_logprobs", "layer_checkpointing", "lm_meta_step", "problem_seed",
-           "solver_grpo_step", "synthetic_is_right"]
+           "solver_grpo_step"]
 
 GradientAverager = Callable[[Sequence[Tensor]], None]
 """Averages the ``.grad`` of the given tensors over data-parallel ranks, in place."""
@@ -63,6 +67,8 @@ class LMMassConfig:
 
     Attributes:
         method: "mass" (meta-learning) or "solver_grpo" (the RL-on-solving baseline, same budget).
+        practice: what the generator writes (:data:`~mass_ref.lm.practice.PRACTICE_KINDS`): "related"
+            (new problems like T, the paper's) or "self" (attempts at T itself, chapter 5's default).
         outer_mode: "gold" (MASS_gold: CE of R*) or "verifier" (MASS: GRPO with a verifier reward).
         train_generator, train_scorer: which parts MASS meta-learns.
         num_synthetic: m examples per problem in meta-training (paper: 12).
@@ -70,7 +76,8 @@ class LMMassConfig:
         inner_lr: α of the inner SGD on the LoRA tensors (also used at test time).
         meta_batch_size: training problems per step.
         generator_lr, scorer_lr: Adam step sizes for φ (generator / solver) and η.
-        clip_eps: PPO clip ε. ppo_epochs: policy updates per batch of samples.
+        clip_eps: PPO clip ε. ppo_epochs: policy updates per batch of samples (with 1 the update is
+            on-policy, the ratio is 1 and the clip never acts: plain policy gradient; the clip needs ≥ 2).
         gamma_solve: γ, weight of L_solve in the generator's loss.
         num_answers: k answers sampled per problem (verifier outer loss, Solver GRPO).
         temperature: sampling temperature of practice problems and answers.
@@ -91,6 +98,7 @@ class LMMassConfig:
 
     method: str = "mass"
     outer_mode: str = "gold"
+    practice: str = "related"
     train_generator: bool = True
     train_scorer: bool = True
     num_synthetic: int = 12
@@ -118,6 +126,7 @@ class LMMassConfig:
             raise ValueError(f"method must be one of {METHODS}; got {self.method!r}.")
         if self.outer_mode not in OUTER_MODES:
             raise ValueError(f"outer_mode must be one of {OUTER_MODES}; got {self.outer_mode!r}.")
+        check_practice_kind(self.practice)
         if self.method == "mass" and not (self.train_generator or self.train_scorer):
             raise ValueError("train_generator and train_scorer are both False: there is nothing to meta-train.")
         for name, low in (("num_synthetic", 2), ("num_answers", 2), ("num_inner_steps", 1), ("meta_batch_size", 1),
@@ -172,18 +181,6 @@ def layer_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None
         if not had_input_hooks:  # enable() also hooks the embeddings' output, which torch.func cannot run through
             base.disable_input_require_grads()
         model.train(was_training)
-
-
-def synthetic_is_right(question: str, solution: str) -> bool | None:
-    """Whether a generated solution's final answer is the generated question's true answer.
-
-    None when the question cannot be read back with the task's templates (the truth is unknown).
-    """
-    solved = solve_question(question)
-    if solved is None:
-        return None
-    predicted = extract_answer(solution)
-    return predicted is not None and is_correct(predicted, solved[0])
 
 
 def _sample_adapted_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
@@ -289,19 +286,21 @@ def lm_meta_step(
     if config.meta_gradient != "first_order":
         require_eager_attention(model)
     m, batch_size = config.num_synthetic, len(problems)
-    prompts = [fmt.practice(p.question) for p in problems]
+    prompts = [practice_prompt_for(fmt, config.practice, p.question) for p in problems]
     completions = _sample_groups(model, tokenizer, prompts, num_samples=m, max_new_tokens=config.practice_max_new_tokens,
                                  config=config, seed=seed, first_index=first_index, add_bos=fmt.add_bos)
     use_scorer = config.train_scorer and scorer is not None
     outer, passes, advantages, rights, right_weights = [], [], [], [], []
     for b, (problem, group) in enumerate(zip(problems, completions)):
-        raw = [parse_practice(c) for c in group]
+        raw = [parse_practice_completion(config.practice, problem.question, c) for c in group]
         valid = [i for i, pair in enumerate(raw) if pair is not None]
         attribution = torch.zeros(m)
         if valid:
             examples = [fmt.solve_pair(*raw[i]) for i in valid]
             if use_scorer:
-                weights = scorer(pooled_features(model, tokenizer, problem.question, examples).to(device))
+                features = scorer_features(model, tokenizer, examples, add_bos=fmt.add_bos,
+                                           context=scorer_context(config.practice, problem.question))
+                weights = scorer(features.to(device))
             else:
                 weights = torch.full((len(valid),), 1.0 / len(valid), device=device, requires_grad=True)
             batch = sft_batch(tokenizer, examples, add_bos=fmt.add_bos).to(device)
@@ -318,8 +317,9 @@ def lm_meta_step(
             attribution[valid] = meta.weights.cpu().float()
             outer.append(meta.outer_loss.item())
             passes.append(_pass_rate(problem, answers))
-            for i, w in zip(valid, weights.detach().cpu().tolist()):
-                right = synthetic_is_right(*raw[i])
+            relative = (weights * len(valid) / weights.sum()).detach().cpu().tolist()  # 1 is uniform, whatever c
+            for i, w in zip(valid, relative):
+                right = practice_is_right(config.practice, problem, *raw[i])
                 if right is not None:
                     rights.append(float(right))
                     right_weights.append(w)

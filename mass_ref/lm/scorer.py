@@ -1,15 +1,28 @@
-"""The LM scorer s_η: a small head over the frozen model's pooled hidden states of (T, p_i, a_i).
+"""The LM scorer s_η: ranks one problem's m practice examples and turns the ranking into weights.
 
-For a target question T and m synthetic examples (p_i, a_i) the scorer reads the text
-``"Problem: T\\n" + p_i + a_i`` with the *base* model (LoRA adapters disabled, no gradient), takes
-the mean of the last layer's hidden states over the tokens, h_i ∈ R^H, and maps it to a weight
+Features (:func:`scorer_features`, computed once per example by the *base* model, adapters disabled,
+no gradient, so they do not move while φ is meta-trained). For example i = (p_i, a_i), read as
+``context + p_i + a_i``:
 
-    s_i = (4 / m) · σ(f_η(h_i) − log 3),       f_η = Linear(H, d) → tanh → Linear(d, 1)
+* h_i ∈ R^H: the last layer's hidden states, averaged over the positions that predict a_i's tokens;
+* the model's own surprise at a_i: mean and maximum token negative log-likelihood (a single wrong
+  digit in ``12 * 3 = 38`` shows up in the maximum);
+* v_i: the share of the m examples whose final answer equals a_i's (self-consistency's vote).
 
-f_η's last layer starts at zero, so an untrained scorer gives s_i = 1/m (plain SFT, what TT-SS
-uses); the sigmoid keeps every weight in (0, 4/m), so a trained scorer can switch an example off
-or count it up to four times, but cannot make the inner loss ascend on one. The features depend
-only on the frozen base model, so they are computed once per example, outside every graph.
+Weights: a ranking normalised within each problem (a softmax with a learned temperature
+τ = exp(log τ)) times one learned, global step-size multiplier c = exp(log c)::
+
+    u_i = (nll_mean_i, nll_max_i, v_i)
+    z_i = f_η(LayerNorm(h_i), u_i) + b_η · u_i,   f_η = Linear → tanh → Linear
+    s_i = c · exp(z_i / τ) / Σ_j exp(z_j / τ)      (Σ_i s_i = c: the inner step is c·α)
+
+The linear term b_η · u_i lets the three scalar signals act directly instead of competing with H
+hidden-state inputs. f_η's last layer and b_η start at zero and c at 1, so an untrained scorer gives
+s_i = 1/m, exactly TT-SS's weights. The two parts are kept apart on purpose: the softmax can only
+*re-rank* one problem's examples, and c (:attr:`LMScorer.step_scale`, reported by chapter 5) says
+how large a step the meta-gradient wants on such data; c → 0 would mean "do not update at all",
+which a softmax alone could never hide. ∂L/∂log c = Σ_i s_i ∂L/∂s_i comes through the same chain
+rule as the rest of η. :meth:`LMScorer.logits` gives z_i/τ, comparable across problems (for AUCs).
 
 Introduced in notebooks/05_mass_llm.ipynb.
 """
@@ -17,65 +30,93 @@ Introduced in notebooks/05_mass_llm.ipynb.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from mass_ref.lm.sft import left_pad_prompts
+from mass_ref.lm.practice import answer_agreement
+from mass_ref.lm.sft import IGNORE_INDEX, sft_batch
 
-__all__ = ["LMScorer", "pooled_features"]
+__all__ = ["NUM_STATS", "LMScorer", "scorer_features"]
+
+NUM_STATS = 3
+"""Scalar features after the hidden state: mean token NLL, max token NLL, answer agreement."""
 
 
-def pooled_features(
+def scorer_features(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    target: str,
     examples: Sequence[tuple[str, str]],
     *,
+    context: str = "",
+    add_bos: bool = False,
     batch_size: int = 16,
 ) -> Tensor:
-    """Mean-pooled last hidden states of ``"Problem: T\\n" + prompt + answer``, shape ``[m, H]`` (no grad, model dtype).
+    """Features of m examples for :class:`LMScorer`, shape ``[m, H + NUM_STATS]`` (no grad, float32).
 
-    A peft model is read with its adapters disabled, so the features do not move while the
-    adapters are meta-trained.
+    ``context`` is prepended to every prompt (e.g. ``"Problem: T\\n"`` for related practice, so the
+    scorer sees the target). A peft model is read with its adapters disabled.
     """
     if not examples:
         raise ValueError("examples is empty; the scorer needs at least one (prompt, answer) pair.")
-    texts = [f"Problem: {target}\n{prompt}{answer}" for prompt, answer in examples]
+    pairs = [(context + prompt, answer) for prompt, answer in examples]
+    votes = torch.tensor(answer_agreement([answer for _, answer in examples]))
     disable = getattr(model, "disable_adapter", None)
-    features = []
+    device = next(model.parameters()).device
+    rows = []
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), (disable() if disable is not None else contextlib.nullcontext()):
-            for start in range(0, len(texts), batch_size):
-                ids, mask = left_pad_prompts(tokenizer, texts[start : start + batch_size])
-                device = next(model.parameters()).device
-                out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
+            for start in range(0, len(pairs), batch_size):
+                batch = sft_batch(tokenizer, pairs[start:start + batch_size], add_bos=add_bos).to(device)
+                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True,
                             use_cache=False)
-                hidden, weight = out.hidden_states[-1], mask.to(device).unsqueeze(-1).to(out.hidden_states[-1].dtype)
-                features.append((hidden * weight).sum(1) / weight.sum(1))
+                targets = batch.labels[:, 1:]
+                predicts = (targets != IGNORE_INDEX).float()  # position t predicts a supervised token at t + 1
+                nll = torch.nn.functional.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), targets,
+                                                        ignore_index=IGNORE_INDEX, reduction="none")
+                count = predicts.sum(-1)
+                hidden = (out.hidden_states[-1][:, :-1].float() * predicts.unsqueeze(-1)).sum(1) / count.unsqueeze(-1)
+                rows.append(torch.cat([hidden, (nll.sum(-1) / count).unsqueeze(-1),
+                                       nll.max(-1).values.unsqueeze(-1)], dim=-1).cpu())
     finally:
         model.train(was_training)
-    return torch.cat(features)
+    return torch.cat([torch.cat(rows), votes.unsqueeze(-1)], dim=-1)
 
 
 class LMScorer(nn.Module):
-    """s_η: pooled features ``[m, H]`` → weights ``[m]`` in (0, 4/m); exactly 1/m at initialisation."""
+    """s_η: features ``[m, H + NUM_STATS]`` → weights ``[m]`` summing to c (learned); 1/m at initialisation."""
 
-    def __init__(self, feature_size: int, hidden: int = 64) -> None:
+    def __init__(self, hidden_size: int, hidden: int = 64) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(feature_size), nn.Linear(feature_size, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, 1))
+        self.hidden_size = hidden_size
+        self.norm = nn.LayerNorm(hidden_size)
+        self.net = nn.Sequential(nn.Linear(hidden_size + NUM_STATS, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
+        self.stats = nn.Linear(NUM_STATS, 1, bias=False)  # b_η
+        nn.init.zeros_(self.stats.weight)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.log_step_scale = nn.Parameter(torch.zeros(()))
+
+    @property
+    def step_scale(self) -> float:
+        """c: the learned multiplier of the inner step size (the weights of one problem sum to c)."""
+        return float(self.log_step_scale.exp())
+
+    def logits(self, features: Tensor) -> Tensor:
+        """z_i / τ, shape ``[m]``: comparable across problems (the softmax's input)."""
+        expected = self.hidden_size + NUM_STATS
+        if features.ndim != 2 or features.shape[-1] != expected:
+            raise ValueError(f"features must have shape [m, {expected}] (scorer_features of a model with hidden "
+                             f"size {self.hidden_size}); got {tuple(features.shape)}.")
+        features = features.to(self.norm.weight.dtype)
+        hidden, stats = features[:, :self.hidden_size], features[:, self.hidden_size:]
+        z = self.net(torch.cat([self.norm(hidden), stats], dim=-1))[..., 0] + self.stats(stats)[..., 0]
+        return z / self.log_temperature.exp()
 
     def forward(self, features: Tensor) -> Tensor:
-        if features.ndim != 2:
-            raise ValueError(f"features must have shape [m, H]; got {tuple(features.shape)}.")
-        m = features.shape[0]
-        features = features.to(self.net[1].weight.dtype)  # the frozen LM may run in another precision
-        return 4.0 / m * torch.sigmoid(self.net(features) - math.log(3.0))[..., 0]
+        return self.log_step_scale.exp() * torch.softmax(self.logits(features), dim=0)
