@@ -217,8 +217,7 @@ def evaluate_lm(config: LMRunConfig, *, progress: bool = False) -> dict[str, flo
     if unfinished:
         raise ConfigError(f"{out} holds unfinished training ({'; '.join(unfinished)} meta-steps); run `train` "
                           "first (it resumes where it stopped).")
-    methods = [m for m in lm.EVAL_METHODS if lm.trained_method(m) in (None, *config.methods)
-               and (config.data.test == "tiny" or m not in lm.TINY_ONLY_ROWS)]
+    methods = lm.evaluation_rows(config.methods, config.data.test)
     model, tokenizer, fmt = lm.load_lm_for_mass(config.model, config.cache_dir, progress=progress)
     source = ProblemSource(config.data, config.model.tiny)  # one source: a benchmark is read once for all seeds
     per_seed: dict[int, dict[str, dict[str, Any]]] = {}

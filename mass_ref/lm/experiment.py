@@ -61,7 +61,7 @@ from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm
 from mass_ref.lm.trainer import train_lm_mass
 
 __all__ = ["ALL_LINEAR", "EVAL_METHODS", "LMModelSpec", "PAIRED_DIFFERENCES", "SHIPPED_RUNS", "TINY_ONLY_ROWS", "TRAINED_METHODS",
-           "as_problem_source", "checkpoint_path", "evaluate_lm_methods", "load_lm_for_mass", "model_fingerprint",
+           "as_problem_source", "checkpoint_path", "evaluate_lm_methods", "evaluation_rows", "load_lm_for_mass", "model_fingerprint",
            "train_lm_methods", "trained_method", "use_shipped_runs"]
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -99,6 +99,15 @@ def trained_method(row: str) -> str | None:
     if row not in _ROWS:
         raise ValueError(f"unknown method {row!r}; choose from {list(EVAL_METHODS)}.")
     return _ROWS[row][0]
+
+
+def evaluation_rows(trained: Sequence[str], test_data: str = "tiny") -> list[str]:
+    """The rows of :data:`EVAL_METHODS` that can be evaluated after training ``trained`` on ``test_data``.
+
+    A row needs its trained method among ``trained``; :data:`TINY_ONLY_ROWS` need the tiny task family.
+    """
+    return [row for row in EVAL_METHODS if _ROWS[row][0] in (None, *trained)
+            and (test_data == "tiny" or row not in TINY_ONLY_ROWS)]
 
 
 SHIPPED_RUNS = Path(__file__).parent / "metatrained"

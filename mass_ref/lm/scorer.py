@@ -105,7 +105,7 @@ class LMScorer(nn.Module):
     @property
     def step_scale(self) -> float:
         """c: the learned multiplier of the inner step size (the weights of one problem sum to c)."""
-        return float(self.log_step_scale.exp())
+        return float(self.log_step_scale.detach().exp())
 
     def logits(self, features: Tensor) -> Tensor:
         """z_i / τ, shape ``[m]``: comparable across problems (the softmax's input)."""
