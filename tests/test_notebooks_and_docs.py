@@ -186,11 +186,17 @@ def test_chapter_7_says_plainly_that_gpu_results_are_not_measured() -> None:
     ("04_lm_test_time_training", ["acc_base_train_like", "acc_base_held_out", "gold_loss_base", "gold_loss_related",
                                   "gold_loss_random", "gold_loss_self"]),
     ("05_mass_llm", [f"tiny_{metric}_{method}" for metric in ("acc", "gold_loss")
-                     for method in ("base", "base_ttt", "tt_ss", "solver_grpo", "mass_gold", "mass")]),
+                     for method in ("base", "base_ttt", "tt_ss", "oracle_right_only", "related_gold", "solver_grpo",
+                                    "mass_gold_no_update", "mass_gold_uniform", "mass_gold", "mass_no_update",
+                                    "mass_uniform", "mass")]),
+    ("05_mass_llm", [f"tiny_{metric}_{a}_minus_{b}" for metric in ("acc", "gold_loss")
+                     for a, b in (("oracle_right_only", "tt_ss"), ("mass", "tt_ss"), ("mass", "mass_no_update"),
+                                  ("mass", "mass_uniform"), ("mass_gold", "mass_gold_no_update"),
+                                  ("mass_gold", "mass_gold_uniform"))]),
     ("06_scalable_metagradients", ["peak_mem_ratio_efficient_vs_full_steps4",
                                    "smollm2_peak_mem_ratio_efficient_vs_full_steps4", "cos_first_order_vs_exact",
                                    "acc_drop_first_order", "acc_mass_gold_exact", "acc_mass_gold_first_order"]),
-    ("05_mass_llm", ["tiny_acc_mass_minus_tt_ss", "tiny_scorer_auc_wrong_vs_right", "smollm2_acc_base",
+    ("05_mass_llm", ["tiny_scorer_auc_mass", "smollm2_acc_base",
                      "smollm2_acc_base_ttt", "smollm2_acc_tt_ss", "smollm2_gold_loss_base", "smollm2_gold_loss_base_ttt",
                      "smollm2_gold_loss_tt_ss"]),
 ])
