@@ -62,7 +62,7 @@ from mass_ref.lm.trainer import train_lm_mass
 
 __all__ = ["ALL_LINEAR", "EVAL_METHODS", "LMModelSpec", "PAIRED_DIFFERENCES", "SHIPPED_RUNS", "TINY_ONLY_ROWS", "TRAINED_METHODS",
            "as_problem_source", "checkpoint_path", "evaluate_lm_methods", "evaluation_rows", "load_lm_for_mass", "model_fingerprint",
-           "train_lm_methods", "trained_method", "use_shipped_runs"]
+           "train_lm_methods", "use_shipped_runs"]
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MODEL_NAMES = ("tiny", "smollm2", "hub")
@@ -92,13 +92,6 @@ PAIRED_DIFFERENCES: tuple[tuple[str, str], ...] = (
     ("mass_gold", "mass_gold_uniform"), ("mass_no_update", "base"), ("mass_gold_no_update", "base"),
     ("oracle_right_only_related", "tt_ss_related"))
 """(a, b) pairs whose per-problem differences :func:`summarize_lm_methods` reports when both rows were run."""
-
-
-def trained_method(row: str) -> str | None:
-    """The trained method whose checkpoint an evaluation row loads (None: the base LoRA)."""
-    if row not in _ROWS:
-        raise ValueError(f"unknown method {row!r}; choose from {list(EVAL_METHODS)}.")
-    return _ROWS[row][0]
 
 
 def evaluation_rows(trained: Sequence[str], test_data: str = "tiny") -> list[str]:
