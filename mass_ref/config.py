@@ -1,7 +1,16 @@
 """Run configurations for the command line: YAML files validated into typed dataclasses.
 
-``experiment`` picks the config class: ``toy_mass`` → :class:`RunConfig` (notebooks/03_mass_toy.ipynb),
-``lm_mass`` → :class:`LMRunConfig` (the LM experiment of chapter 5, :mod:`mass_ref.lm.experiment`).
+This module is the generic part: the dataclass-from-YAML validator, the fields every run shares
+(:class:`ExperimentConfig`) and the registry :data:`EXPERIMENTS`, which maps a file's
+``experiment`` to the module that defines its config class and runs it. Each experiment keeps its
+own config next to its code, and is imported only when a file names it (so this module imports
+no experiment):
+
+- ``toy_mass`` → :mod:`mass_ref.toy.experiment` (:class:`~mass_ref.toy.experiment.ToyRunConfig`,
+  notebooks/03_mass_toy.ipynb);
+- ``lm_mass`` → :mod:`mass_ref.lm.run_config` (:class:`~mass_ref.lm.run_config.LMRunConfig`, the LM
+  experiment of chapter 5, :mod:`mass_ref.lm.experiment`).
+
 A config file has a fixed shape; every field is checked before any work starts, and every bad
 field fails with a message that names it (dotted, e.g. ``mass.inner_lr``, ``model.tiny.heads``,
 ``methods[1]``) and says what is allowed. YAML lists become tuples where a field is a tuple.
@@ -29,7 +38,7 @@ output_dir: runs/lm_mass_tiny
 steps: 40                     # meta-steps per (method, seed)
 checkpoint_every: 5
 methods: [mass_gold, mass, solver_grpo]   # keys of mass_ref.lm.experiment.TRAINED_METHODS
-model:                        # any field of mass_ref.lm.experiment.LMModelSpec
+model:                        # any field of mass_ref.lm.spec.LMModelSpec
   name: tiny                  # or smollm2, or hub (with hub_id: Qwen/Qwen2.5-0.5B-Instruct, dtype, device)
   lora_rank: 4
   tiny: {steps: 1500}         # any field of mass_ref.lm.TinyLMSpec (its task family is the "tiny" data)
@@ -51,50 +60,28 @@ Introduced in notebooks/03_mass_toy.ipynb (toy_mass) and notebooks/05_mass_llm.i
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from types import ModuleType
+from typing import Any, ClassVar
 
 import yaml
 
-from mass_ref.toy.mass import ToyMassConfig
-
-if TYPE_CHECKING:
-    from mass_ref.lm.experiment import LMModelSpec
-    from mass_ref.lm.mass import LMMassConfig
-    from mass_ref.lm.problems import LMDataSpec
+__all__ = ["EXPERIMENTS", "ConfigError", "EvaluateSection", "ExperimentConfig", "check_positive_int",
+           "experiment_module", "load_config", "parse_config", "place_error"]
 
 
 class ConfigError(ValueError):
     """A config file or field is invalid; the message names the field and the fix."""
 
 
-def _positive_int(value: Any, where: str) -> None:
+def check_positive_int(value: Any, where: str) -> None:
+    """Raise :class:`ConfigError` naming ``where`` unless ``value`` is an integer >= 1 (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{where} must be a positive integer; got {value!r}.")
-
-
-def _lm_types() -> dict[str, type]:
-    """The LM layer's config classes, imported on first use (it loads transformers; toy runs never need it)."""
-    from mass_ref.lm.experiment import LMModelSpec
-    from mass_ref.lm.mass import LMMassConfig
-    from mass_ref.lm.problems import LMDataSpec
-
-    return {"LMModelSpec": LMModelSpec, "LMMassConfig": LMMassConfig, "LMDataSpec": LMDataSpec}
-
-
-@dataclass(frozen=True)
-class BaseSection:
-    """How long to pretrain the learner (MAML) and the generator's labeller."""
-
-    learner_iterations: int = 12_000
-    labeler_iterations: int = 3_000
-
-    def __post_init__(self) -> None:
-        _positive_int(self.learner_iterations, "base.learner_iterations")
-        _positive_int(self.labeler_iterations, "base.labeler_iterations")
 
 
 @dataclass(frozen=True)
@@ -107,12 +94,16 @@ class EvaluateSection:
 
     def __post_init__(self) -> None:
         for name in ("n_problems", "num_examples", "num_inner_steps"):
-            _positive_int(getattr(self, name), f"evaluate.{name}")
+            check_positive_int(getattr(self, name), f"evaluate.{name}")
 
 
 @dataclass(frozen=True)
-class _Run:
-    """The fields every experiment shares: which one, where it writes, its seed and its step budget."""
+class ExperimentConfig:
+    """The fields every experiment's run config shares: which one, where it writes, its seed and step budget.
+
+    A subclass sets ``EXPERIMENT`` (its name in :data:`EXPERIMENTS`) and adds its sections as
+    dataclass fields; nested dataclasses, tuples and scalars are validated by :func:`parse_config`.
+    """
 
     EXPERIMENT: ClassVar[str]
     NOT_IN_FILE: ClassVar[dict[str, str]] = {}
@@ -132,93 +123,33 @@ class _Run:
             raise ConfigError(f"output_dir must be a non-empty path, e.g. runs/{self.EXPERIMENT}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer; got {self.seed!r}.")
-        _positive_int(self.steps, "steps")
-        _positive_int(self.checkpoint_every, "checkpoint_every")
+        check_positive_int(self.steps, "steps")
+        check_positive_int(self.checkpoint_every, "checkpoint_every")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready data (tuples as lists): what ``config.yaml`` records, and a valid config itself."""
         return _plain(dataclasses.asdict(self))
 
 
-@dataclass(frozen=True)
-class RunConfig(_Run):
-    """One toy MASS run (``experiment: toy_mass``): ``python -m mass_ref train --config FILE``."""
+EXPERIMENTS: dict[str, str] = {"toy_mass": "mass_ref.toy.experiment", "lm_mass": "mass_ref.lm.run_config"}
+"""Experiment name → the module that runs it, imported on first use. Such a module defines
 
-    EXPERIMENT: ClassVar[str] = "toy_mass"
+- ``CONFIG``: its :class:`ExperimentConfig` subclass (``EXPERIMENT`` = the name);
+- ``train(config, *, progress, stop_after) -> result`` and ``evaluate(config, *, progress) -> result``:
+  what ``python -m mass_ref train|evaluate`` run (resumable, writing into ``config.output_dir``);
+- ``report(config, command, result) -> None``: prints a result for the command line.
+"""
 
-    base: BaseSection = field(default_factory=BaseSection)
-    mass: ToyMassConfig = field(default_factory=ToyMassConfig)
-    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
 
+def experiment_module(name: str) -> ModuleType:
+    """The module of experiment ``name`` (see :data:`EXPERIMENTS`), imported now.
 
-@dataclass(frozen=True)
-class LMRunConfig(_Run):
-    """The LM experiment (``experiment: lm_mass``): every method of ``methods`` × every seed, then evaluation.
-
-    ``mass`` holds :class:`~mass_ref.lm.LMMassConfig` with its default ``method``/``outer_mode``:
-    :func:`~mass_ref.lm.experiment.train_lm_methods` sets both per trained method, so a config
-    file may not give them (and :meth:`to_dict` leaves them out).
+    Raises:
+        ConfigError: ``name`` is not a registered experiment.
     """
-
-    EXPERIMENT: ClassVar[str] = "lm_mass"
-    NOT_IN_FILE: ClassVar[dict[str, str]] = {
-        f"mass.{name}": "is set per trained method from `methods` (mass_gold: mass/gold, mass: mass/verifier, "
-                        "solver_grpo: solver_grpo/gold, see mass_ref.lm.experiment.TRAINED_METHODS); remove it"
-        for name in ("method", "outer_mode")}
-
-    steps: int = 40
-    checkpoint_every: int = 5
-    n_seeds: int = 3
-    methods: tuple[str, ...] = ("mass_gold", "mass", "solver_grpo")
-    model: LMModelSpec = field(default_factory=lambda: _lm_types()["LMModelSpec"]())
-    data: LMDataSpec = field(default_factory=lambda: _lm_types()["LMDataSpec"]())
-    mass: LMMassConfig = field(default_factory=lambda: _lm_types()["LMMassConfig"]())
-    evaluate: EvaluateSection = field(default_factory=lambda: EvaluateSection(n_problems=100))
-    cache_dir: str = "build/cache"
-
-    def __post_init__(self) -> None:
-        from mass_ref.lm.experiment import ALL_LINEAR, TRAINED_METHODS
-        from mass_ref.lm.tiny import TinyLMSpec, task_problems
-
-        super().__post_init__()
-        _positive_int(self.n_seeds, "n_seeds")
-        if not self.methods:
-            raise ConfigError(f"methods must name at least one trained method of {sorted(TRAINED_METHODS)}.")
-        for i, method in enumerate(self.methods):
-            if method not in TRAINED_METHODS:
-                raise ConfigError(f"methods[{i}] must be one of {sorted(TRAINED_METHODS)} (base, base_ttt and "
-                                  f"tt_ss need no training and are always evaluated); got {method!r}.")
-            if method in self.methods[:i]:
-                raise ConfigError(f"methods[{i}] repeats {method!r}; name each method once.")
-        if not self.cache_dir.strip():
-            raise ConfigError("cache_dir must be a non-empty path, e.g. build/cache.")
-        for i, target in enumerate(self.model.lora_targets):  # else add_lora fails only after the model loads
-            if target not in ALL_LINEAR:
-                raise ConfigError(f"model.lora_targets[{i}] must be one of {ALL_LINEAR} (the linear layers of both "
-                                  f"models); got {target!r}.")
-        fraction = self.model.tiny.practice_fraction
-        if not 0.0 <= fraction <= 1.0:  # else pretraining fails after the work started
-            raise ConfigError(f"model.tiny.practice_fraction must be in [0, 1]; got {fraction!r}.")
-        try:  # the task family (numbers, difficulties) must give both training and test problems
-            task_problems(self.model.tiny, 0, split="test", seed=0)
-        except ValueError as error:
-            raise ConfigError(_dotted("model.tiny", TinyLMSpec, error)) from error
-
-    @property
-    def seeds(self) -> tuple[int, ...]:
-        """``seed, seed + 1, ..., seed + n_seeds - 1``."""
-        return tuple(range(self.seed, self.seed + self.n_seeds))
-
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        for dotted in self.NOT_IN_FILE:
-            section, name = dotted.split(".")
-            del data[section][name]
-        return data
-
-
-CONFIGS: dict[str, type[_Run]] = {"toy_mass": RunConfig, "lm_mass": LMRunConfig}
-EXPERIMENTS = tuple(CONFIGS)
+    if not isinstance(name, str) or name not in EXPERIMENTS:
+        raise ConfigError(f"experiment must be one of {tuple(EXPERIMENTS)}; got {name!r}.")
+    return importlib.import_module(EXPERIMENTS[name])
 
 
 def _plain(data: Any) -> Any:
@@ -229,8 +160,12 @@ def _plain(data: Any) -> Any:
     return data
 
 
-def _dotted(where: str, cls: type, error: ValueError) -> str:
-    """A section's own error, placed: ``inner_lr must be ...`` in ``mass`` → ``mass.inner_lr must be ...``."""
+def place_error(where: str, cls: type, error: ValueError) -> str:
+    """A section's own error, placed: ``inner_lr must be ...`` in ``mass`` → ``mass.inner_lr must be ...``.
+
+    ``cls`` is the section's dataclass: a message that starts with one of its fields is prefixed
+    ``where.``, any other with ``where: ``.
+    """
     text = str(error).removeprefix(f"{cls.__name__}.")
     if not where:
         return text
@@ -246,7 +181,7 @@ def _build(cls: type, data: Any, where: str, not_in_file: dict[str, str]) -> Any
     label = where or "the config file"
     if not isinstance(data, dict):
         raise ConfigError(f"{label} must be a mapping of field: value; got {type(data).__name__}.")
-    hints = typing.get_type_hints(cls, localns=_lm_types() if cls is LMRunConfig else None)
+    hints = typing.get_type_hints(cls)  # each class's own module resolves its annotations
     dotted_name = {f.name: f"{where}.{f.name}" if where else f.name for f in dataclasses.fields(cls)}
     for name in data:
         if dotted_name.get(name) in not_in_file:
@@ -267,7 +202,7 @@ def _build(cls: type, data: Any, where: str, not_in_file: dict[str, str]) -> Any
     except ConfigError:
         raise
     except ValueError as error:  # a section's own check, e.g. ToyMassConfig's
-        raise ConfigError(_dotted(where, cls, error)) from error
+        raise ConfigError(place_error(where, cls, error)) from error
 
 
 def _value(expected: Any, value: Any, where: str, not_in_file: dict[str, str]) -> Any:
@@ -300,7 +235,7 @@ def _has_type(value: Any, expected: Any) -> bool:
     return True
 
 
-def parse_config(data: Any) -> RunConfig | LMRunConfig:
+def parse_config(data: Any) -> ExperimentConfig:
     """Validate a mapping (e.g. parsed YAML) into the config class its ``experiment`` names.
 
     Raises:
@@ -309,14 +244,12 @@ def parse_config(data: Any) -> RunConfig | LMRunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"the config file must be a mapping of field: value; got {type(data).__name__}.")
     if "experiment" not in data:
-        raise ConfigError(f"missing required config field(s) ['experiment']; one of {EXPERIMENTS}.")
-    cls = CONFIGS.get(data["experiment"]) if isinstance(data["experiment"], str) else None
-    if cls is None:
-        raise ConfigError(f"experiment must be one of {EXPERIMENTS}; got {data['experiment']!r}.")
+        raise ConfigError(f"missing required config field(s) ['experiment']; one of {tuple(EXPERIMENTS)}.")
+    cls: type[ExperimentConfig] = experiment_module(data["experiment"]).CONFIG
     return _build(cls, data, "", cls.NOT_IN_FILE)
 
 
-def load_config(path: str | Path) -> RunConfig | LMRunConfig:
+def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a YAML config file; raises :class:`ConfigError` naming the file or field."""
     path = Path(path)
     if not path.is_file():

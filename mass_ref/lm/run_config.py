@@ -1,0 +1,202 @@
+"""The LM experiment from a config file (``experiment: lm_mass``): :class:`LMRunConfig`, train and evaluate.
+
+    python -m mass_ref train    --config configs/lm_mass_tiny.yaml    # every LM method x seed (chapter 5)
+    python -m mass_ref evaluate --config configs/lm_mass_tiny.yaml    # every evaluation row's accuracy -> eval.json
+
+:func:`train` writes ``<method>_seed<N>.pt`` per trained method and seed
+(:func:`~mass_ref.lm.experiment.train_lm_methods`) and metrics lines tagged with ``method`` and
+``seed``; :func:`evaluate` keeps each seed's answers in ``eval_seed<N>.json`` (so it resumes too)
+and pools them with :func:`~mass_ref.lm.summary.summarize_lm_methods` into ``eval.json``. The
+base model is cached in ``cache_dir``. Registered in :data:`mass_ref.config.EXPERIMENTS`.
+
+Introduced in notebooks/05_mass_llm.ipynb (data-parallel runs: notebooks/07_mass_gpu.ipynb).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mass_ref.config import ConfigError, EvaluateSection, ExperimentConfig, check_positive_int, place_error
+from mass_ref.distributed import data_parallel_from_env
+from mass_ref.lm.experiment import EVAL_METHODS, TRAINED_METHODS, evaluate_lm_methods, evaluation_rows, train_lm_methods
+from mass_ref.lm.mass import LMMassConfig
+from mass_ref.lm.problems import LMDataSpec, ProblemSource
+from mass_ref.lm.spec import ALL_LINEAR, LMModelSpec, load_lm_for_mass
+from mass_ref.lm.summary import summarize_lm_methods
+from mass_ref.lm.tiny import TinyLMSpec, task_problems
+from mass_ref.run_folder import check_recorded_config, prepare_output_dir, write_atomically, write_metrics
+
+__all__ = ["CONFIG", "LMRunConfig", "Runs", "evaluate", "report", "train"]
+
+
+@dataclass(frozen=True)
+class LMRunConfig(ExperimentConfig):
+    """The LM experiment (``experiment: lm_mass``): every method of ``methods`` × every seed, then evaluation.
+
+    ``mass`` holds :class:`~mass_ref.lm.LMMassConfig` with its default ``method``/``outer_mode``:
+    :func:`~mass_ref.lm.experiment.train_lm_methods` sets both per trained method, so a config
+    file may not give them (and :meth:`to_dict` leaves them out).
+    """
+
+    EXPERIMENT: ClassVar[str] = "lm_mass"
+    NOT_IN_FILE: ClassVar[dict[str, str]] = {
+        f"mass.{name}": "is set per trained method from `methods` (mass_gold: mass/gold, mass: mass/verifier, "
+                        "solver_grpo: solver_grpo/gold, see mass_ref.lm.experiment.TRAINED_METHODS); remove it"
+        for name in ("method", "outer_mode")}
+
+    steps: int = 40
+    checkpoint_every: int = 5
+    n_seeds: int = 3
+    methods: tuple[str, ...] = ("mass_gold", "mass", "solver_grpo")
+    model: LMModelSpec = field(default_factory=LMModelSpec)
+    data: LMDataSpec = field(default_factory=LMDataSpec)
+    mass: LMMassConfig = field(default_factory=LMMassConfig)
+    evaluate: EvaluateSection = field(default_factory=lambda: EvaluateSection(n_problems=100))
+    cache_dir: str = "build/cache"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_int(self.n_seeds, "n_seeds")
+        if not self.methods:
+            raise ConfigError(f"methods must name at least one trained method of {sorted(TRAINED_METHODS)}.")
+        for i, method in enumerate(self.methods):
+            if method not in TRAINED_METHODS:
+                raise ConfigError(f"methods[{i}] must be one of {sorted(TRAINED_METHODS)} (base, base_ttt and "
+                                  f"tt_ss need no training and are always evaluated); got {method!r}.")
+            if method in self.methods[:i]:
+                raise ConfigError(f"methods[{i}] repeats {method!r}; name each method once.")
+        if not self.cache_dir.strip():
+            raise ConfigError("cache_dir must be a non-empty path, e.g. build/cache.")
+        for i, target in enumerate(self.model.lora_targets):  # else add_lora fails only after the model loads
+            if target not in ALL_LINEAR:
+                raise ConfigError(f"model.lora_targets[{i}] must be one of {ALL_LINEAR} (the linear layers of both "
+                                  f"models); got {target!r}.")
+        fraction = self.model.tiny.practice_fraction
+        if not 0.0 <= fraction <= 1.0:  # else pretraining fails after the work started
+            raise ConfigError(f"model.tiny.practice_fraction must be in [0, 1]; got {fraction!r}.")
+        try:  # the task family (numbers, difficulties) must give both training and test problems
+            task_problems(self.model.tiny, 0, split="test", seed=0)
+        except ValueError as error:
+            raise ConfigError(place_error("model.tiny", TinyLMSpec, error)) from error
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """``seed, seed + 1, ..., seed + n_seeds - 1``."""
+        return tuple(range(self.seed, self.seed + self.n_seeds))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        for dotted in self.NOT_IN_FILE:
+            section, name = dotted.split(".")
+            del data[section][name]
+        return data
+
+
+CONFIG = LMRunConfig
+"""The config class of ``experiment: lm_mass`` (see :data:`mass_ref.config.EXPERIMENTS`)."""
+
+Runs = dict[tuple[str, int], list[dict[str, float]]]
+"""LM training histories: ``{(method, seed): one dict of diagnostics per meta-step}``."""
+
+
+def _recorded_runs(out: Path) -> Runs:
+    """The per-(method, seed) histories that ``metrics.jsonl`` records (empty when there is none)."""
+    path, runs = out / "metrics.jsonl", {}
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        row = json.loads(line)
+        method, seed = row.pop("method"), row.pop("seed")
+        row.pop("step")
+        runs.setdefault((method, seed), []).append(row)
+    return runs
+
+
+def _write_lm_metrics(out: Path, config: LMRunConfig, runs: Runs) -> None:
+    write_metrics(out, ({"method": method, "seed": seed, "step": i + 1, **metrics}
+                        for method in config.methods for seed in config.seeds
+                        for i, metrics in enumerate(runs.get((method, seed), []))))
+
+
+def train(config: LMRunConfig, *, progress: bool = True, stop_after: int | None = None) -> Runs:
+    """Train every method of ``config.methods`` for every seed, resuming from ``output_dir``'s checkpoints.
+
+    ``stop_after`` stops each (method, seed) run after that many meta-steps (to interrupt on purpose).
+    Under ``torchrun``/``accelerate launch`` the ranks train data-parallel (:mod:`mass_ref.distributed`):
+    rank 0 prepares the output folder and the model cache first, and alone writes files.
+    """
+    parallel = data_parallel_from_env()
+    if not parallel.is_main:
+        parallel.barrier()  # rank 0 first creates the folder and fills the model cache, then the others load
+    out = prepare_output_dir(config) if parallel.is_main else Path(config.output_dir)
+    runs = _recorded_runs(out)
+    model, tokenizer, fmt = load_lm_for_mass(config.model, config.cache_dir, progress=progress and parallel.is_main)
+    if parallel.is_main:
+        parallel.barrier()
+
+    def on_checkpoint(method: str, seed: int, history: list[dict[str, float]]) -> None:
+        runs[method, seed] = history
+        _write_lm_metrics(out, config, runs)
+
+    histories = train_lm_methods(
+        model, tokenizer, fmt, config.mass, ProblemSource(config.data, config.model.tiny), methods=config.methods,
+        seeds=config.seeds, steps=config.steps, output_dir=out, checkpoint_every=config.checkpoint_every,
+        stop_after=stop_after, progress=progress, on_checkpoint=on_checkpoint, parallel=parallel)
+    runs = {(method, seed): history for method, per_seed in histories.items() for seed, history in per_seed.items()}
+    if parallel.is_main:
+        _write_lm_metrics(out, config, runs)  # also for runs that were already finished (no checkpoint this time)
+    return runs
+
+
+def evaluate(config: LMRunConfig, *, progress: bool = False) -> dict[str, float]:
+    """Accuracy of the base methods and of every trained one on held-out problems, pooled over seeds.
+
+    Writes ``eval_seed<N>.json`` per seed (reused when present) and ``eval.json``
+    (:func:`~mass_ref.lm.summary.summarize_lm_methods`).
+
+    Raises:
+        ConfigError: ``output_dir`` holds another config, or unfinished training (naming each run).
+    """
+    out = Path(config.output_dir)
+    check_recorded_config(config, out, required=True)
+    runs = _recorded_runs(out)
+    unfinished = [f"{method} seed {seed}: {len(runs.get((method, seed), []))}/{config.steps}"
+                  for method in config.methods for seed in config.seeds
+                  if len(runs.get((method, seed), [])) < config.steps]
+    if unfinished:
+        raise ConfigError(f"{out} holds unfinished training ({'; '.join(unfinished)} meta-steps); run `train` "
+                          "first (it resumes where it stopped).")
+    methods = evaluation_rows(config.methods, config.data.test)
+    model, tokenizer, fmt = load_lm_for_mass(config.model, config.cache_dir, progress=progress)
+    source = ProblemSource(config.data, config.model.tiny)  # one source: a benchmark is read once for all seeds
+    per_seed: dict[int, dict[str, dict[str, Any]]] = {}
+    for seed in config.seeds:
+        path = out / f"eval_seed{seed}.json"
+        if not path.is_file():
+            results = evaluate_lm_methods(
+                model, tokenizer, fmt, config.mass, source, methods=methods, seed=seed,
+                steps=config.steps, output_dir=out, n_problems=config.evaluate.n_problems,
+                num_examples=config.evaluate.num_examples, num_inner_steps=config.evaluate.num_inner_steps,
+                progress=progress)
+            kept = {m: {key: r[key] for key in ("correct", "gold_loss", "auc")} for m, r in results.items()}
+            write_atomically(path, json.dumps(kept) + "\n")
+        per_seed[seed] = json.loads(path.read_text())
+    summary = summarize_lm_methods(per_seed)
+    write_atomically(out / "eval.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def report(config: LMRunConfig, command: str, result: Any) -> None:
+    """Print what ``command`` ("train" or "evaluate") returned, for the command line."""
+    if command == "train":
+        for (method, seed), history in result.items():
+            last = ", ".join(f"{key} {history[-1][key]:.3f}" for key in ("outer_loss", "answer_pass_rate")
+                             if history[-1].get(key, float("nan")) == history[-1].get(key))  # skip NaN
+            print(f"{method:12s} seed {seed}: {len(history)}/{config.steps} meta-steps; last step: {last}")
+        print(f"checkpoints and metrics.jsonl in {config.output_dir}")
+        return
+    print(f"{result['n_seeds']} seed(s), {result['n_problems']} problems in all; accuracy and gold-answer loss:")
+    for method in (m for m in EVAL_METHODS if f"acc_{m}" in result):
+        print(f"  {method:26s} {result[f'acc_{method}']:.3f} ± {result[f'acc_{method}_ci95']:.3f}   "
+              f"{result[f'gold_loss_{method}']:.3f} ± {result[f'gold_loss_{method}_ci95']:.3f}")
