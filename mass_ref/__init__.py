@@ -4,14 +4,16 @@ self-synthesis, Kaya & Rui, ICLR 2026).
 The public API, grouped by the notebook that introduces it:
 
 * 01 MAML on sine: :func:`inner_adapt` (the differentiable inner loop, backends ``higher`` and
-  ``torch.func``), the sine task family, MAML training, baselines and evaluation; profiles, seeds
-  and results files.
+  ``torch.func``; the latter runs :func:`sgd_trajectory`, the one K-step SGD kernel), the sine
+  task family, MAML training, baselines and evaluation; profiles, seeds and results files.
 * 02 Meta-gradients through data: :func:`example_attributions` (∂L_outer/∂w_i through the inner
   loop), its first-order approximation, leave-one-out re-adaptation, and :func:`distill_examples`
   (synthetic examples learned through the inner loop).
 * 03 MASS in miniature: the subpackage :mod:`mass_ref.toy` (generator, scorer, attribution rewards,
   gold and verifier outer losses, resumable meta-training), GRPO's advantages and clipped loss,
-  and checkpoints; run configs for the command line (``python -m mass_ref train|evaluate``).
+  and checkpoints (:func:`resumable_loop`, shared with the LM trainer); run configs for the command line
+  (``python -m mass_ref train|evaluate``): :class:`ToyRunConfig`, and :class:`LMRunConfig` (loaded from
+  :mod:`mass_ref.lm` on first access).
 * 04–05, 07 Language models: the subpackage :mod:`mass_ref.lm` (import it explicitly: it loads
   transformers and peft).
 * 06 Scalable meta-gradients: :func:`weight_meta_gradient`, the inner loop's meta-gradient by full
@@ -25,19 +27,19 @@ from mass_ref.attribution import (
     example_attributions,
     leave_one_out_changes,
     query_loss_after_adapting,
-    roc_auc,
-    spearman,
 )
 from mass_ref import toy
-from mass_ref.checkpoint import load_checkpoint, save_checkpoint
-from mass_ref.config import ConfigError, LMRunConfig, RunConfig, load_config, parse_config
+from mass_ref.checkpoint import fingerprint, load_checkpoint, resumable_loop, save_checkpoint
+from mass_ref.config import ConfigError, load_config, parse_config
 from mass_ref.distill import DistilledExamples, adapted_task_losses, distill_examples
 from mass_ref.grpo import clipped_policy_loss, group_advantages
-from mass_ref.inner import BACKENDS, AdaptedModel, inner_adapt, weighted_inner_loss
+from mass_ref.inner import (BACKENDS, AdaptedModel, Trajectory, inner_adapt, inner_loss_of, sgd_trajectory,
+                            weighted_inner_loss)
+from mass_ref.stats import roc_auc, spearman
 from mass_ref.distributed import DataParallel, data_parallel_from_env, local_device
 from mass_ref.metagrad import META_GRADIENT_MODES, MetaGradient, check_meta_gradient_mode, weight_meta_gradient
 from mass_ref.maml import (
-    adam_train,
+    MAML_IMPLEMENTATIONS,
     adaptation_curve,
     maml_loss,
     meta_train_maml,
@@ -69,8 +71,20 @@ from mass_ref.results import (
     seed_everything,
 )
 from mass_ref.tasks.sine import SineTasks, sample_sine_tasks, sine_function
+from mass_ref.toy.experiment import ToyRunConfig
+from mass_ref.training import adam_train
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``mass_ref.LMRunConfig`` imports :mod:`mass_ref.lm` (transformers, peft) only when it is first used."""
+    if name == "LMRunConfig":
+        from mass_ref.lm.run_config import LMRunConfig
+
+        return LMRunConfig
+    raise AttributeError(f"module 'mass_ref' has no attribute {name!r}")
+
 
 __all__ = [
     "AdaptedModel",
@@ -78,6 +92,7 @@ __all__ = [
     "ConfigError",
     "BACKENDS",
     "DistilledExamples",
+    "MAML_IMPLEMENTATIONS",
     "META_GRADIENT_MODES",
     "MamlSineSizes",
     "MetaGradient",
@@ -85,7 +100,7 @@ __all__ = [
     "MassToySizes",
     "ScalableMetaGradSizes",
     "LMRunConfig",
-    "RunConfig",
+    "ToyRunConfig",
     "DataParallel",
     "PROFILES",
     "SineTasks",
@@ -99,8 +114,10 @@ __all__ = [
     "distill_examples",
     "example_attributions",
     "figure_path",
+    "fingerprint",
     "group_advantages",
     "inner_adapt",
+    "inner_loss_of",
     "leave_one_out_changes",
     "load_checkpoint",
     "load_config",
@@ -117,6 +134,7 @@ __all__ = [
     "project_root",
     "query_loss_after_adapting",
     "resolve_profile",
+    "resumable_loop",
     "results_path",
     "roc_auc",
     "run_directory",
@@ -126,10 +144,12 @@ __all__ = [
     "seed_everything",
     "sine_function",
     "sine_mlp",
+    "sgd_trajectory",
     "spearman",
     "time_meta_gradient",
     "toy",
     "tune_inner_lr",
     "weight_meta_gradient",
+    "Trajectory",
     "weighted_inner_loss",
 ]

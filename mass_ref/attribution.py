@@ -31,12 +31,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor, nn
 
 from mass_ref.inner import BACKENDS, AdaptedModel, LearningRate, PerExampleLoss, inner_adapt
+from mass_ref.metagrad import weight_meta_gradient
 
 
 def query_loss_after_adapting(
@@ -119,34 +118,20 @@ def alignment_attributions(
 
     The sum over inner steps of each example's gradient alignment with the *final* query gradient
     (TracIn-style). It drops the curvature factors (I − α H_s) of the later steps, so it equals
-    :func:`example_attributions` for ``num_steps=1`` and approximates it beyond. Each alignment is
-    one forward-mode product (``torch.func.jvp``) of the per-example losses along α ⊙ ∇L_Q(θ_K);
-    no per-example gradient is materialised. vmap-able; the result is detached.
+    :func:`example_attributions` for ``num_steps=1`` and approximates it beyond. It *is*
+    :func:`~mass_ref.metagrad.weight_meta_gradient` with ``mode="first_order"`` and the mean query
+    loss as L_out, which it calls: each alignment is one forward-mode product (``torch.func.jvp``) of
+    the per-example losses along α ⊙ ∇L_Q(θ_K); no per-example gradient is materialised.
+    ``inner_lr`` is a float or ``{name: float}`` (not a tensor). vmap-able; the result is detached.
 
     Introduced in notebooks/02_metagradients_through_data.ipynb.
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1; got {num_steps!r}.")
     start = _detached_params(model) if params is None else {k: v.detach() for k, v in params.items()}
     w0 = _weights_or_uniform(model, loss_fn, support, weights, start)
-    trajectory = [start]  # θ_0 .. θ_K (constants: this is the first-order approximation)
-    for _ in range(num_steps):
-        step = inner_adapt(model, loss_fn, support, inner_lr=inner_lr, weights=w0.detach(), first_order=True,
-                           backend="torch.func", params=trajectory[-1])
-        trajectory.append({name: p.detach() for name, p in step.params.items()})
-    final = trajectory.pop()
-    query_grad = torch.func.grad(lambda p: loss_fn(AdaptedModel(model, p), query).mean())(final)
-    lrs = inner_lr if isinstance(inner_lr, Mapping) else {name: inner_lr for name in final}
-    direction = {name: lrs[name] * g for name, g in query_grad.items()}
-
-    def support_losses(p: dict[str, Tensor]) -> Tensor:
-        return loss_fn(AdaptedModel(model, p), support)
-
-    total = torch.zeros_like(w0)
-    for theta_t in trajectory:
-        _, alignment = torch.func.jvp(support_losses, (theta_t,), (direction,))  # ⟨∇ℓ_i(θ_t), α ⊙ ∇L_Q⟩
-        total = total - alignment
-    return total.detach()
+    meta = weight_meta_gradient(model, loss_fn, support, lambda forward: loss_fn(forward, query).mean(), weights=w0,
+                                inner_lr=_float_lrs(inner_lr), num_steps=num_steps, params=start, mode="first_order",
+                                with_params=False)
+    return meta.weights
 
 
 def leave_one_out_changes(
@@ -188,38 +173,15 @@ def leave_one_out_changes(
     return dropped - full
 
 
-def spearman(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
-    """Spearman rank correlation of two equally long vectors (ties get average ranks)."""
-    x, y = _as_vector(a, "a"), _as_vector(b, "b")
-    if x.shape != y.shape or x.size < 3:
-        raise ValueError(f"a and b must be vectors of the same length >= 3; got {x.size} and {y.size}.")
-    return float(stats.spearmanr(x, y).statistic)
-
-
-def roc_auc(scores: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` for detecting ``labels == 1``.
-
-    Computed as the Mann-Whitney statistic, P(score of a positive > score of a negative), with
-    ties counted 1/2: (sum of the positives' ranks − n₊(n₊+1)/2) / (n₊ n₋).
-    """
-    s, y = _as_vector(scores, "scores"), _as_vector(labels, "labels")
-    if s.shape != y.shape:
-        raise ValueError(f"scores and labels must have the same length; got {s.size} and {y.size}.")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("labels must be 0 (negative) or 1 (positive).")
-    positives = int(y.sum())
-    negatives = y.size - positives
-    if positives == 0 or negatives == 0:
-        raise ValueError(f"labels must contain both classes; got {positives} positives and {negatives} negatives.")
-    ranks = stats.rankdata(s)
-    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def _as_vector(values: Tensor | np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values, dtype=float)
-    if x.ndim != 1:
-        raise ValueError(f"{name} must be a vector (1-D); got shape {x.shape}.")
-    return x
+def _float_lrs(inner_lr: LearningRate) -> float | dict[str, float]:
+    """α as the meta-gradient takes it: plain floats (a learnable tensor α has no first-order attribution here)."""
+    lrs = inner_lr if isinstance(inner_lr, Mapping) else {"": inner_lr}
+    for name, lr in lrs.items():
+        if isinstance(lr, Tensor):
+            where = f"inner_lr[{name!r}]" if name else "inner_lr"
+            raise ValueError(f"alignment_attributions needs float step sizes; got a tensor for {where}. "
+                             "Pass float(lr), or use example_attributions for a tensor α.")
+    return dict(inner_lr) if isinstance(inner_lr, Mapping) else inner_lr
 
 
 def _check_backend(backend: str) -> None:

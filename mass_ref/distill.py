@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from mass_ref.attribution import query_loss_after_adapting
 from mass_ref.inner import LearningRate, PerExampleLoss
-from mass_ref.maml import adam_train
+from mass_ref.training import adam_train
 
 Batch = tuple[Tensor, Tensor]
 

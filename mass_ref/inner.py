@@ -1,11 +1,17 @@
-"""The differentiable inner loop: a few steps of weighted SGD whose result can be differentiated.
+"""The inner loop: a few steps of weighted SGD, differentiable or not. The course's one kernel.
 
-One function, :func:`inner_adapt`, runs ``num_steps`` of
+:func:`sgd_trajectory` is the kernel: it runs ``num_steps`` of
 
     θ_{t+1} = θ_t − α ⊙ ∇_θ L_in(θ_t),     L_in(θ) = Σ_i w_i ℓ_i(θ)       (uniform w_i = 1/n by default)
 
-and returns the adapted parameters θ_K as ordinary tensors that are still attached to the
-autograd graph. An outer loss computed with them can therefore be differentiated with respect to
+on a dict of parameter tensors and returns the whole trajectory φ_0..φ_K. Every K-step update in
+the package calls it: :func:`inner_adapt` (this module's model-level API), the meta-gradient modes
+of :mod:`mass_ref.metagrad` (which keep only the trajectory and run the reverse pass themselves),
+and the LM's test-time update (:func:`mass_ref.lm.ttt.lora_sft_steps`, SGD). The one independent
+implementation is the ``higher`` backend below, kept on purpose as the cross-check.
+
+:func:`inner_adapt` returns the adapted parameters θ_K as ordinary tensors that are still attached
+to the autograd graph. An outer loss computed with them can therefore be differentiated with respect to
 
 * the initial parameters θ_0 (MAML's meta-gradient),
 * the inner learning rate α (a float, a scalar tensor, or one tensor per parameter: Meta-SGD),
@@ -16,9 +22,9 @@ Two interchangeable backends compute the same numbers:
 * ``"higher"`` (the design choice for plain ``nn.Module`` models): ``higher.monkeypatch`` plus a
   differentiable SGD optimiser. It cannot patch peft-wrapped or Llama-family models; asking for it
   there fails before any work with a message that names ``"torch.func"``.
-* ``"torch.func"``: ``torch.func.grad`` over ``torch.func.functional_call`` on any subset of the
-  parameters (for example only the LoRA tensors). It composes with ``torch.func.vmap``, so a
-  batch of tasks can be adapted in one call.
+* ``"torch.func"``: :func:`sgd_trajectory` (``torch.func.grad`` over ``torch.func.functional_call``)
+  on any subset of the parameters (for example only the LoRA tensors). It composes with
+  ``torch.func.vmap``, so a batch of tasks can be adapted in one call.
 
 Introduced in notebooks/01_maml_sine.ipynb.
 """
@@ -41,6 +47,9 @@ PerExampleLoss = Callable[[Forward, Any], Tensor]
 """``loss_fn(forward, batch) -> Tensor[n]``: one loss per example of ``batch``."""
 
 LearningRate = Union[float, Tensor, Mapping[str, Union[float, Tensor]]]
+
+Params = dict[str, Tensor]
+"""Parameter tensors by name, e.g. ``{"lin.weight": Tensor[out, in], ...}`` or a model's LoRA tensors."""
 
 BACKENDS = ("higher", "torch.func")
 
@@ -85,6 +94,76 @@ def weighted_inner_loss(losses: Tensor, weights: Tensor | None) -> Tensor:
             f"per-example losses; pass one weight per example, shape ({losses.shape[0]},)."
         )
     return (weights * losses).sum()
+
+
+@dataclass
+class Trajectory:
+    """The states of K inner steps.
+
+    Attributes:
+        params: φ_0, ..., φ_K (K + 1 dicts shaped like the start).
+        losses: L_in(φ_0), ..., L_in(φ_{K−1}), the loss each step descended (K scalars, detached).
+    """
+
+    params: list[Params]
+    losses: list[Tensor]
+
+
+def sgd_trajectory(
+    inner_loss: Callable[[Params], Tensor],
+    start: Mapping[str, Tensor],
+    *,
+    inner_lr: float | Tensor | Mapping[str, float | Tensor],
+    num_steps: int,
+    differentiable: bool = True,
+    first_order: bool = False,
+) -> Trajectory:
+    """K steps of SGD, φ_{k+1} = φ_k − α ⊙ ∇_φ L_in(φ_k) for k = 0..K−1: the one inner-loop kernel.
+
+    Args:
+        inner_loss: φ ↦ L_in(φ), a scalar; see :func:`inner_loss_of` for Σ_i w_i ℓ_i(φ) of a model.
+        start: φ_0, ``{name: tensor}``.
+        inner_lr: α: a float, a scalar tensor, or ``{name: lr}`` with an entry for every name of ``start``.
+            No checks here; the public callers validate it.
+        num_steps: K ≥ 0.
+        differentiable: True keeps the autograd graph, so φ_K is a function of φ_0, α and whatever
+            ``inner_loss`` closes over (the weights w): ``torch.func.grad`` nests inside autograd.
+            False detaches every φ_k: constants, as for a test-time update or the stored
+            trajectory of the checkpointed meta-gradient modes (no graph is kept, only K + 1 states).
+        first_order: with ``differentiable``, treat the inner gradients as constants (FOMAML):
+            φ_K still depends on φ_0 and α, but no longer on w.
+
+    Returns:
+        :class:`Trajectory` with φ_0..φ_K and the K losses.
+    """
+    lrs = inner_lr if isinstance(inner_lr, Mapping) else {name: inner_lr for name in start}
+    phi = dict(start) if differentiable else {name: t.detach() for name, t in start.items()}
+    grad_and_loss = torch.func.grad_and_value(inner_loss)
+    params, losses = [phi], []
+    for _ in range(num_steps):
+        grads, loss = grad_and_loss(phi)
+        if first_order or not differentiable:
+            grads = {name: g.detach() for name, g in grads.items()}
+        phi = {name: p - lrs[name] * grads[name] for name, p in phi.items()}
+        if not differentiable:
+            phi = {name: p.detach() for name, p in phi.items()}
+        params.append(phi)
+        losses.append(loss.detach())
+    return Trajectory(params, losses)
+
+
+def inner_loss_of(model: nn.Module, loss_fn: PerExampleLoss, batch: Any,
+                  weights: Tensor | None = None) -> Callable[[Params], Tensor]:
+    """φ ↦ L_in(φ) = Σ_i w_i ℓ_i(φ) (the mean without ``weights``), ``model`` run with φ substituted.
+
+    ℓ_i comes from ``loss_fn(forward, batch) -> Tensor[n]``; parameters of ``model`` missing from φ keep
+    their module values (``torch.func.functional_call``, ``strict=False``).
+    """
+
+    def inner_loss(params: Params) -> Tensor:
+        return weighted_inner_loss(loss_fn(partial(_functional_forward, model, params), batch), weights)
+
+    return inner_loss
 
 
 def inner_adapt(
@@ -143,33 +222,10 @@ def inner_adapt(
 
         adapted = higher_inner_loop(model, loss_fn, batch, start, lrs, weights, num_steps, first_order)
     else:
-        adapted = _torch_func_inner_loop(model, loss_fn, batch, start, lrs, weights, num_steps, first_order)
+        trajectory = sgd_trajectory(inner_loss_of(model, loss_fn, batch, weights), start, inner_lr=lrs,
+                                    num_steps=num_steps, first_order=first_order)
+        adapted = trajectory.params[-1]
     return AdaptedModel(model, adapted)
-
-
-def _torch_func_inner_loop(
-    model: nn.Module,
-    loss_fn: PerExampleLoss,
-    batch: Any,
-    params: dict[str, Tensor],
-    lrs: dict[str, float | Tensor],
-    weights: Tensor | None,
-    num_steps: int,
-    first_order: bool,
-) -> dict[str, Tensor]:
-    def inner_loss(p: dict[str, Tensor]) -> Tensor:
-        forward = partial(_functional_forward, model, p)
-        return weighted_inner_loss(loss_fn(forward, batch), weights)
-
-    # torch.func.grad nests inside ordinary autograd: the returned gradients stay functions of
-    # θ_t, α and w at the outer level, which is what makes the unrolled loop differentiable.
-    grad_of_inner_loss = torch.func.grad(inner_loss)
-    for _ in range(num_steps):
-        grads = grad_of_inner_loss(params)
-        if first_order:
-            grads = {name: g.detach() for name, g in grads.items()}
-        params = {name: p - lrs[name] * grads[name] for name, p in params.items()}
-    return params
 
 
 def _functional_forward(model: nn.Module, params: dict[str, Tensor], *args: Any, **kwargs: Any) -> Any:

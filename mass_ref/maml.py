@@ -16,17 +16,20 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from mass_ref.inner import AdaptedModel, Forward, inner_adapt
 from mass_ref.tasks.sine import SineTasks, sample_sine_tasks
+from mass_ref.training import adam_train
 
-META_GRADIENT_METHODS = ("vmap", "higher_loop")
+MAML_IMPLEMENTATIONS = ("vmap", "higher_loop")
+"""The two implementations of :func:`maml_loss` (its ``method``): one ``vmap`` over tasks, or a per-task loop
+over the ``higher`` backend. Not to be confused with :data:`mass_ref.metagrad.META_GRADIENT_MODES` (how a
+meta-gradient is computed through a long inner loop)."""
 
 
 def sine_mlp(in_features: int = 1, hidden: Sequence[int] = (40, 40), *, dtype: torch.dtype = torch.float32) -> nn.Sequential:
@@ -59,8 +62,8 @@ def maml_loss(
     ``method="vmap"`` adapts all tasks at once (torch.func backend); ``"higher_loop"`` adapts one
     task at a time with the higher backend. Both give the same value and gradient.
     """
-    if method not in META_GRADIENT_METHODS:
-        raise ValueError(f"method must be one of {META_GRADIENT_METHODS}; got {method!r}.")
+    if method not in MAML_IMPLEMENTATIONS:
+        raise ValueError(f"method must be one of {MAML_IMPLEMENTATIONS}; got {method!r}.")
     kwargs = dict(inner_lr=inner_lr, num_steps=num_inner_steps, first_order=first_order)
 
     def task_loss(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor, backend: str) -> Tensor:
@@ -71,24 +74,6 @@ def maml_loss(
     if method == "vmap":
         return torch.func.vmap(lambda *d: task_loss(*d, backend="torch.func"))(*data).mean()
     return torch.stack([task_loss(*d, backend="higher") for d in zip(*data)]).mean()
-
-
-def adam_train(
-    model: nn.Module, step_loss: Callable[[], Tensor], *, iterations: int, lr: float, desc: str, progress: bool = True
-) -> list[float]:
-    """Minimise ``step_loss()`` (a fresh minibatch each call) with Adam; return the loss history."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history: list[float] = []
-    bar = tqdm(range(iterations), desc=desc, disable=not progress, mininterval=5.0)
-    for it in bar:
-        loss = step_loss()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        history.append(loss.item())
-        if it % 200 == 199:
-            bar.set_postfix(loss=f"{statistics.fmean(history[-200:]):.3f}", refresh=False)
-    return history
 
 
 def meta_train_maml(

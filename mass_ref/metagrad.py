@@ -28,6 +28,19 @@ K = 1, its ∂L_out/∂φ_0 is not (it skips every H_k). Unlike FOMAML (``inner_
 which detaches the inner gradients and so gives ∂L_out/∂w = 0), it keeps the mixed w-φ term. Every
 mode except ``unroll`` stores the K+1 parameter vectors φ_k, which for LoRA are tiny next to activations.
 
+**One vocabulary for ∂L_out/∂w.** Every attribution in the package is this function's ``weights``
+(tests pin each equality):
+
+* :func:`~mass_ref.attribution.alignment_attributions` (chapter 2, TracIn-style) *is*
+  ``mode="first_order"`` with L_out = the mean query loss; it calls this function.
+* :func:`~mass_ref.attribution.example_attributions` (chapter 2) equals ``mode="unroll"``; it stays
+  its own few lines because it is the definition chapter 2 teaches (``torch.func.grad`` of the
+  query loss after :func:`~mass_ref.inner.inner_adapt`, either backend, vmap-able over tasks).
+* :func:`~mass_ref.toy.mass.synthetic_attributions` (chapter 3) equals ``mode="unroll"`` per problem;
+  it differentiates one batched outer loss (all problems adapted in one ``vmap``, or by ``higher``,
+  the toy's design backend, which this torch.func-only function cannot run).
+* :func:`~mass_ref.lm.mass.lm_meta_step` (chapters 5–7) calls this function with ``LMMassConfig.meta_gradient``.
+
 Introduced in notebooks/06_scalable_metagradients.ipynb; MASS on an LM uses it through
 ``LMMassConfig.meta_gradient`` (chapter 7 trains real models with ``"checkpointed"``).
 """
@@ -40,9 +53,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad, grad_and_value, jvp
 
-from mass_ref.inner import PerExampleLoss, inner_adapt, weighted_inner_loss
+from mass_ref.inner import PerExampleLoss, inner_adapt, sgd_trajectory, weighted_inner_loss
 
 __all__ = ["META_GRADIENT_MODES", "MetaGradient", "check_meta_gradient_mode", "weight_meta_gradient"]
 
@@ -74,12 +87,13 @@ def weight_meta_gradient(
     outer_loss_fn: Callable[[Callable[..., Any]], Tensor],
     *,
     weights: Tensor,
-    inner_lr: float,
+    inner_lr: float | Mapping[str, float],
     num_steps: int,
     params: Mapping[str, Tensor],
     mode: str = "unroll",
     truncate: int | None = None,
     with_params: bool = True,
+    on_adapted: Callable[[Params], None] | None = None,
 ) -> MetaGradient:
     """∂L_out(φ_K)/∂w and ∂L_out(φ_K)/∂φ_0 through K weighted SGD steps, by ``mode`` (module table).
 
@@ -89,13 +103,17 @@ def weight_meta_gradient(
         support: the inner batch, anything ``loss_fn`` understands.
         outer_loss_fn: ``outer_loss_fn(forward) -> scalar``, L_out at the adapted parameters.
         weights: w, shape ``[n]``.
-        inner_lr: α > 0 (a float: the same step for every parameter).
+        inner_lr: α > 0: a float (the same step for every parameter) or ``{name: float}`` with one
+            step per tensor of ``params`` (Meta-SGD).
         num_steps: K ≥ 1.
         params: φ_0, ``{name: tensor}``, names of parameters of ``model`` (e.g. its LoRA tensors).
         mode: one of :data:`META_GRADIENT_MODES`.
         truncate: for ``mode="truncated"``, how many of the last steps to differentiate through (1..K).
         with_params: also return ∂L_out/∂φ_0. False (MASS needs only the attributions) returns an
             empty ``params`` and saves the last Hessian-vector product: step 0's w-product is then one jvp.
+        on_adapted: called once with φ_K as constants (detached ``{name: tensor}``) after the inner steps
+            and before ``outer_loss_fn``: what the outer loss needs from the adapted model that is not
+            differentiated (MASS's verifier samples its answers there), without a second inner loop.
     """
     _check(weights, inner_lr, num_steps, params, mode, truncate)
     phi0 = {name: t.detach() for name, t in params.items()}
@@ -114,25 +132,29 @@ def weight_meta_gradient(
         return outer_loss_fn(forward_with(p))
 
     if mode == "unroll":
-        return _unroll(model, loss_fn, support, outer, phi0, w, inner_lr, num_steps, with_params)
-    trajectory = [phi0]  # φ_0..φ_K without any graph: the only state kept across steps
-    for _ in range(num_steps):
-        g = grad(inner)(trajectory[-1], w)
-        trajectory.append({n: trajectory[-1][n] - inner_lr * g[n] for n in phi0})
-    with torch.enable_grad():
-        p_last = {n: t.detach().requires_grad_() for n, t in trajectory[-1].items()}
-        loss = outer(p_last)
-        v = dict(zip(p_last, torch.autograd.grad(loss, list(p_last.values()))))
+        return _unroll(model, loss_fn, support, outer, phi0, w, inner_lr, num_steps, with_params, on_adapted)
+    # φ_0..φ_K without any graph: the only state kept across steps
+    trajectory = sgd_trajectory(lambda p: inner(p, w), phi0, inner_lr=inner_lr, num_steps=num_steps,
+                                differentiable=False).params
+    if on_adapted is not None:
+        on_adapted(dict(trajectory[-1]))
+    v, loss = grad_and_value(outer)(trajectory[-1])
+    # With one float α the products are taken at v and scaled by α (as the module docstring writes
+    # them); with one α per tensor (Meta-SGD) the step's transposed Jacobian is I − H diag(α), so the
+    # products are taken at u = α ⊙ v instead. Both cases run the same lines below.
+    per_tensor = isinstance(inner_lr, Mapping)
+    scale = 1.0 if per_tensor else inner_lr
     w_grad = torch.zeros_like(w)
     first = num_steps - (truncate if mode == "truncated" else num_steps)
     for k in reversed(range(first, num_steps)):
+        u = {n: inner_lr[n] * v[n] for n in v} if per_tensor else v
         if mode != "first_order" and (with_params or k > first):
-            hv_phi, hv_w = _step_products(inner, trajectory[k], w, v, forward_mode=mode == "forward_over_reverse")
-            v = {n: v[n] - inner_lr * hv_phi[n] for n in v}
-        else:  # (∂²L_in/∂w∂φ) v = [∇ℓ_i(φ_k)·v]_i without H v: one forward-mode pass, no graph
-            _, hv_w = jvp(per_example, (trajectory[k],), (v,))
-        w_grad = w_grad - inner_lr * hv_w
-    return MetaGradient(loss.detach(), w_grad, {n: t.detach() for n, t in v.items()} if with_params else {})
+            hv_phi, hv_w = _step_products(inner, trajectory[k], w, u, forward_mode=mode == "forward_over_reverse")
+            v = {n: v[n] - scale * hv_phi[n] for n in v}
+        else:  # (∂²L_in/∂w∂φ) u = [∇ℓ_i(φ_k)·u]_i without H u: one forward-mode pass, no graph
+            _, hv_w = jvp(per_example, (trajectory[k],), (u,))
+        w_grad = w_grad - scale * hv_w
+    return MetaGradient(loss.detach(), w_grad.detach(), {n: t.detach() for n, t in v.items()} if with_params else {})
 
 
 def _step_products(
@@ -154,13 +176,19 @@ def _step_products(
 
 
 def _unroll(model: nn.Module, loss_fn: PerExampleLoss, support: Any, outer: Callable[[Params], Tensor],
-            phi0: Params, w: Tensor, inner_lr: float, num_steps: int, with_params: bool) -> MetaGradient:
+            phi0: Params, w: Tensor, inner_lr: float | Mapping[str, float], num_steps: int,
+            with_params: bool, on_adapted: Callable[[Params], None] | None) -> MetaGradient:
     with torch.enable_grad():
         start = {n: t.clone().requires_grad_() for n, t in phi0.items()}
         w_ = w.clone().requires_grad_()
         adapted = inner_adapt(model, loss_fn, support, inner_lr=inner_lr, num_steps=num_steps, weights=w_,
                               backend="torch.func", params=start)
+        if on_adapted is not None:
+            on_adapted({n: t.detach() for n, t in adapted.params.items()})
         loss = outer(dict(adapted.params))
+        if not loss.requires_grad:  # L_out is a constant (e.g. a verifier group with no signal): all zero
+            return MetaGradient(loss.detach(), torch.zeros_like(w),
+                                {n: torch.zeros_like(t) for n, t in phi0.items()} if with_params else {})
         *g_phi, g_w = torch.autograd.grad(loss, [*start.values(), w_] if with_params else [w_])
     return MetaGradient(loss.detach(), g_w, dict(zip(start, g_phi)))  # g_phi is empty without with_params
 
@@ -179,13 +207,19 @@ def check_meta_gradient_mode(mode: str, truncate: int | None, num_steps: int) ->
         raise ValueError(f"truncate={truncate!r} only applies to mode='truncated'; got mode={mode!r}.")
 
 
-def _check(weights: Tensor, inner_lr: float, num_steps: int, params: Mapping[str, Tensor], mode: str,
-           truncate: int | None) -> None:
+def _check(weights: Tensor, inner_lr: float | Mapping[str, float], num_steps: int, params: Mapping[str, Tensor],
+           mode: str, truncate: int | None) -> None:
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1; got {num_steps!r}.")
     check_meta_gradient_mode(mode, truncate, num_steps)
-    if isinstance(inner_lr, Tensor) or not inner_lr > 0:
-        raise ValueError(f"inner_lr must be a positive float; got {inner_lr!r}.")
+    lrs = dict(inner_lr) if isinstance(inner_lr, Mapping) else {"inner_lr": inner_lr}
+    for name, lr in lrs.items():
+        if isinstance(lr, (bool, Tensor)) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ValueError(f"inner_lr must be a positive float or {{name: positive float}}; "
+                             f"got {name}={lr!r}.")
+    if isinstance(inner_lr, Mapping) and set(inner_lr) != set(params):
+        raise ValueError(f"inner_lr as a mapping needs exactly the names of params; missing "
+                         f"{sorted(set(params) - set(inner_lr))}, unexpected {sorted(set(inner_lr) - set(params))}.")
     if weights.ndim != 1:
         raise ValueError(f"weights must have shape [n], one per support example; got {tuple(weights.shape)}.")
     if not params:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from mass_ref import project_root
 
 SCRIPT = project_root() / "benchmarks" / "bench_metagrad.py"
 
 
+@pytest.mark.slow  # child processes: ~30 s on 2 cores
 def test_the_benchmark_prints_one_row_per_mode_and_step() -> None:
     out = subprocess.run([sys.executable, str(SCRIPT), "--model", "tiny", "--steps", "1", "--m", "2", "--threads", "1",
                           "--modes", "unroll", "checkpointed"], check=True, capture_output=True, text=True).stdout
@@ -18,6 +21,7 @@ def test_the_benchmark_prints_one_row_per_mode_and_step() -> None:
     assert all(float(r[3]) > 0 for r in rows)  # seconds
 
 
+@pytest.mark.slow  # two child processes importing torch: ~20 s
 def test_bad_sizes_fail_with_a_message_before_any_work() -> None:
     run = subprocess.run([sys.executable, str(SCRIPT), "--m", "0"], capture_output=True, text=True)
     assert run.returncode == 2 and "--m, every --steps value and --threads must be >= 1" in run.stderr
@@ -50,6 +54,7 @@ def test_costs_round_trip_through_their_json_file(tmp_path) -> None:
     assert load_costs(tmp_path / "missing.json") == []
 
 
+@pytest.mark.slow  # child processes: ~35 s
 def test_a_json_run_resumes_reusing_the_rows_it_already_measured(tmp_path) -> None:
     import json
 

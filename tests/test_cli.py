@@ -13,7 +13,9 @@ import yaml
 
 from mass_ref.__main__ import main
 from mass_ref.checkpoint import load_checkpoint
-from mass_ref.config import ConfigError, LMRunConfig, RunConfig, load_config, parse_config
+from mass_ref.config import ConfigError, load_config, parse_config
+from mass_ref.lm.run_config import LMRunConfig
+from mass_ref.toy.experiment import ToyRunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = yaml.safe_load((ROOT / "configs" / "toy_mass_smoke.yaml").read_text())
@@ -78,7 +80,7 @@ def test_bad_files_and_sections_are_named(tmp_path: Path) -> None:
 def test_shipped_configs_are_valid() -> None:
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         config = load_config(path)
-        assert isinstance(config, RunConfig if path.name.startswith("toy_") else LMRunConfig), path
+        assert isinstance(config, ToyRunConfig if path.name.startswith("toy_") else LMRunConfig), path
         # runs go under runs/, except the one config whose output is the package's shipped chapter-5 checkpoints
         shipped = path.name == "lm_mass_tiny.yaml"
         assert config.output_dir == "mass_ref/lm/metatrained/tiny" if shipped else config.output_dir.startswith("runs/")
@@ -120,6 +122,7 @@ def test_a_folder_holding_another_run_is_refused(tmp_path: Path) -> None:
     assert main(["train", "--config", str(config), "--no-progress"]) == 2
 
 
+@pytest.mark.slow  # two child processes: ~20 s
 def test_python_dash_m_trains_and_evaluates(tmp_path: Path) -> None:
     config = smoke_config(tmp_path, "cli")
     for command in ("train", "evaluate"):

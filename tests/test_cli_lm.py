@@ -16,7 +16,8 @@ import yaml
 
 from mass_ref.__main__ import main
 from mass_ref.checkpoint import load_checkpoint
-from mass_ref.config import ConfigError, LMRunConfig, load_config, parse_config
+from mass_ref.config import ConfigError, load_config, parse_config
+from mass_ref.lm.run_config import LMRunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = yaml.safe_load((ROOT / "configs" / "lm_mass_smoke.yaml").read_text())
@@ -139,6 +140,7 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # the module's smoke runs: ~13 s
 def test_interrupted_training_resumes_to_the_same_final_state(
     tmp_path: Path, cache: Path, straight: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -168,6 +170,7 @@ def test_interrupted_training_resumes_to_the_same_final_state(
         [(m, 0, step) for m in METHODS for step in range(1, SMOKE["steps"] + 1)]
 
 
+@pytest.mark.slow  # a child process evaluating every row: ~13 s
 def test_python_dash_m_evaluates_every_row(straight: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "mass_ref", "evaluate", "--config", str(straight), "--no-progress"],
                             capture_output=True, text=True, cwd=ROOT)
@@ -182,6 +185,7 @@ def test_python_dash_m_evaluates_every_row(straight: Path) -> None:
     assert all(m in result.stdout for m in methods)
 
 
+@pytest.mark.slow  # two child processes: ~20 s
 def test_gpu_config_code_path_trains_and_evaluates_on_gsm8k_fixtures(tmp_path: Path) -> None:
     """configs/lm_mass_gpu_smoke.yaml: from_pretrained of a folder, GSM8K-format data, bf16 autocast, checkpointing."""
     data = yaml.safe_load((ROOT / "configs" / "lm_mass_gpu_smoke.yaml").read_text())

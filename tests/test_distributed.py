@@ -81,6 +81,7 @@ def _train(config: Path, processes: int, *extra: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow  # torchrun, 2 + 1 processes: ~55 s
 def test_two_gloo_processes_with_half_batches_reach_the_parameters_of_one_full_batch(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     single, parallel = _config(tmp_path, "single", cache), _config(tmp_path, "parallel", cache)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from mass_ref.lm import add_lora, build_tiny_lm, pretrain_lm, train_tokenizer
+from mass_ref.lm import add_lora, build_tiny_lm, pretrain_lm
 from mass_ref.lm.generate import accuracy, generate_answers, sample_answers
 
 CORPUS = [f"Question: What is {a} + {b}?\nAnswer: {a + b}" for a in range(12) for b in range(12)]
@@ -19,11 +19,6 @@ PROMPTS = ["Q: 3 + 4?\nA:", "Question: What is 5", "Q: 10 + 11?\nA:", "Q", "Answ
 class Fact:
     question: str
     answer: int
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer(CORPUS, vocab_size=280)
 
 
 @pytest.fixture(scope="module")

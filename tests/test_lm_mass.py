@@ -6,23 +6,23 @@ A seconds-sized tiny arithmetic LM (the smoke spec) is pretrained once per modul
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
 import torch
 
-import mass_ref.lm.evaluate as lm_evaluate  # a module: its test_time_results must not be collected as a test
+import mass_ref.lm.evaluate as lm_evaluate
 
 from mass_ref.lm import (
     PLAIN,
     LMMassConfig,
     LMScorer,
     TinyLMSpec,
-    adapt_lora,
+    inner_adapt_lora,
     add_lora,
     lm_meta_step,
     lora_parameters,
-    lora_sft_steps_on_batch,
     PracticeSet,
     answer_agreement,
     pretrained_tiny_lm,
@@ -49,8 +49,8 @@ SMALL = LMMassConfig(num_synthetic=3, num_inner_steps=2, meta_batch_size=2, num_
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    model, tokenizer, info = pretrained_tiny_lm(SPEC, tmp_path_factory.mktemp("cache"), progress=False)
+def pretrained(smoke_tiny_lm_cache):
+    model, tokenizer, info = pretrained_tiny_lm(SPEC, smoke_tiny_lm_cache, progress=False)
     return model, tokenizer, info
 
 
@@ -158,16 +158,38 @@ def test_right_only_weights_are_the_oracle_ceiling_of_the_same_examples() -> Non
     assert examples[1] == [] and weights[1] is None  # nothing right: the oracle does not update
 
 
-def test_in_place_sgd_used_for_sampling_equals_the_differentiable_inner_loop(peft64, pretrained) -> None:
+@pytest.mark.parametrize("meta_gradient", ["unroll", "checkpointed"])
+def test_verifier_samples_its_answers_at_the_meta_gradients_own_adapted_lora(peft64, pretrained, monkeypatch,
+                                                                             meta_gradient) -> None:
+    """MASS (verifier) samples y ~ π_φ' with φ' = the K differentiable steps' φ_K (no second inner loop), and φ
+    is back bit for bit afterwards."""
+    import mass_ref.lm.mass as lm_mass
+
     tokenizer = pretrained[1]
-    problems = task_problems(SPEC, 3, split="train", seed=5)
-    batch = sft_batch(tokenizer, [PLAIN.solve_pair(p.question, p.solution) for p in problems], add_bos=True)
-    weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
-    adapted = adapt_lora(peft64, batch, inner_lr=0.7, num_steps=2, weights=weights)
-    with restored_lora(peft64) as lora:
-        lora_sft_steps_on_batch(peft64, batch, steps=2, lr=0.7, optimizer="sgd", weights=weights)
-        for name, p in lora.items():
-            torch.testing.assert_close(p, adapted.params[name].detach(), rtol=0, atol=1e-12)
+    config = dataclasses.replace(SMALL, outer_mode="verifier", train_generator=False,  # scorer None: uniform w
+                                 practice="self", meta_gradient=meta_gradient, num_inner_steps=2, inner_lr=0.7)
+    problems = task_problems(SPEC, 2, split="train", seed=7)
+    completions = _fake_practice(problems, config.num_synthetic, "self")
+    lora = lora_parameters(peft64)
+    before = {n: t.detach().clone() for n, t in lora.items()}
+    seen = []
+
+    def fake_sample(model, tok, prompts, *, num_samples, **kwargs):
+        if num_samples == config.num_synthetic:  # the practice completions
+            return completions
+        seen.append({n: t.detach().clone() for n, t in lora.items()})  # the answers: read φ as sampled from
+        return [[" #### 1"] * num_samples]
+
+    monkeypatch.setattr(lm_mass, "sample_answers", fake_sample)
+    lm_meta_step(peft64, tokenizer, PLAIN, None, problems, config, {}, seed=3)
+    assert len(seen) == len(problems)
+    for problem, group, sampled in zip(problems, completions, seen):
+        examples = [PLAIN.solve_pair(problem.question, c.strip()) for c in group]
+        adapted = inner_adapt_lora(peft64, sft_batch(tokenizer, examples, add_bos=True), inner_lr=0.7, num_steps=2,
+                             weights=torch.full((len(examples),), 1 / len(examples)))  # as lm_meta_step makes them
+        for name in lora:
+            torch.testing.assert_close(sampled[name], adapted.params[name].detach(), rtol=0, atol=1e-12)
+    assert all(torch.equal(lora[n], before[n]) for n in lora)
 
 
 def _fake_practice(problems, m, kind="related"):
@@ -212,7 +234,7 @@ def test_scorer_gradient_of_the_meta_step_equals_the_direct_chain_rule(peft64, p
         else:
             examples, context = [PLAIN.parse(c) for c in group], f"Problem: {problem.question}\n"
         weights = scorer(scorer_features(peft64, tokenizer, examples, add_bos=True, context=context).double())
-        adapted = adapt_lora(peft64, sft_batch(tokenizer, examples, add_bos=True), inner_lr=config.inner_lr,
+        adapted = inner_adapt_lora(peft64, sft_batch(tokenizer, examples, add_bos=True), inner_lr=config.inner_lr,
                              num_steps=config.num_inner_steps, weights=weights)
         gold = sft_batch(tokenizer, [PLAIN.solve_pair(problem.question, problem.solution)], add_bos=True)
         total = total + sft_losses_per_example(adapted, gold).mean() / len(problems)
@@ -243,12 +265,16 @@ def test_interrupted_training_resumes_to_the_same_final_state(pretrained, tmp_pa
     import copy
 
     config = dataclasses.replace(SMALL, outer_mode=outer_mode)
+
+    def starting_models(lora_seed: int = 0):  # what a new process builds: nothing survives but the checkpoint
+        model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=lora_seed)
+        torch.manual_seed(0)
+        return model, LMScorer(model.config.hidden_size)
+
     states = []
     for run, stops in (("straight", [None]), ("resumed", [1, None])):
-        model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=0)
         for stop in stops:
-            torch.manual_seed(0)
-            scorer = LMScorer(model.config.hidden_size)
+            model, scorer = starting_models()
             history = train_lm_mass(model, pretrained[1], PLAIN, scorer, config,
                                     lambda t: task_problems(SPEC, 2, split="train", seed=100 + t), steps=3, seed=4,
                                     checkpoint_path=tmp_path / f"{run}.pt", checkpoint_every=1, stop_after=stop,
@@ -259,9 +285,22 @@ def test_interrupted_training_resumes_to_the_same_final_state(pretrained, tmp_pa
     assert len(h1) == len(h2) == 3
     assert all(torch.equal(lora1[n], lora2[n]) for n in lora1)
     assert all(torch.equal(s1[n], s2[n]) for n in s1)
-    with pytest.raises(ValueError, match="another config or seed"):
+    model, scorer = starting_models()
+    with pytest.raises(ValueError, match=r"written by another run: seed \(4 in the checkpoint, 5 here\)"):
         train_lm_mass(model, pretrained[1], PLAIN, scorer, config, lambda t: [], steps=3, seed=5,
                       checkpoint_path=tmp_path / "straight.pt", progress=False)
+    other_model, scorer = starting_models(lora_seed=1)  # another initial LoRA: not the run that was checkpointed
+    with pytest.raises(ValueError, match=r"another run: starting models \(fingerprint .* here\)\. Delete it"):
+        train_lm_mass(other_model, pretrained[1], PLAIN, scorer, config, lambda t: [], steps=3, seed=4,
+                      checkpoint_path=tmp_path / "straight.pt", progress=False)
+    legacy = torch.load(tmp_path / "straight.pt", weights_only=False)  # written before fingerprints were kept
+    del legacy["start"], legacy["step"]
+    torch.save(legacy, tmp_path / "legacy.pt")
+    model, scorer = starting_models()
+    resumed = train_lm_mass(model, pretrained[1], PLAIN, scorer, config, lambda t: [], steps=3, seed=4,
+                            checkpoint_path=tmp_path / "legacy.pt", progress=False)
+    assert json.dumps(resumed) == json.dumps(h1)  # NaN-safe
+    assert all(torch.equal(p, lora1[n]) for n, p in lora_parameters(model).items())  # restored, nothing run
 
 
 def test_config_and_trainer_refuse_bad_values() -> None:
@@ -290,7 +329,7 @@ def test_practice_pools_and_gold_loss_without_examples(pretrained) -> None:
     assert len(random_practice(task_problems(SPEC, 10, split="train", seed=3), PLAIN, 4, m=3, seed=0)) == 4
     with pytest.raises(ValueError, match="fewer than m"):
         random_practice(targets, PLAIN, 2, m=5, seed=0)
-    _, base = lm_evaluate.test_time_results(model, tokenizer, PLAIN, targets, None, steps=1, inner_lr=1.0,
+    _, base = lm_evaluate.ttt_results(model, tokenizer, PLAIN, targets, None, num_steps=1, inner_lr=1.0,
                                             max_new_tokens=4)
     with torch.no_grad():
         direct = sft_losses_per_example(model, sft_batch(
@@ -333,7 +372,7 @@ def test_layer_checkpointing_keeps_gradients_and_leaves_the_inner_loop_working(p
     for a, b in zip(plain, recomputed):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-13)
     batch = sft_batch(tokenizer, [PLAIN.solve_pair(p.question, p.solution) for p in problems], add_bos=True)
-    adapted = adapt_lora(peft64, batch, inner_lr=0.5, num_steps=1)  # torch.func: no checkpoint hooks left behind
+    adapted = inner_adapt_lora(peft64, batch, inner_lr=0.5, num_steps=1)  # torch.func: no checkpoint hooks left behind
     assert sft_losses_per_example(adapted, batch).shape == (2,)
 
 
@@ -361,15 +400,15 @@ def test_one_update_gives_the_answers_of_ttt_accuracy_and_the_gold_loss_under_th
     targets = task_problems(SPEC, 3, split="test", seed=4)
     examples = random_practice(task_problems(SPEC, 10, split="train", seed=3), PLAIN, 3, m=2, seed=0)
     weights = [[0.25, 0.75], None, [1.0, 0.0]]
-    correct, losses = lm_evaluate.test_time_results(model, tokenizer, PLAIN, targets, examples, steps=1, inner_lr=1.0,
+    correct, losses = lm_evaluate.ttt_results(model, tokenizer, PLAIN, targets, examples, num_steps=1, inner_lr=1.0,
                                                     max_new_tokens=16, weights=weights)
-    _, expected = ttt_accuracy(model, tokenizer, [0, 1, 2], lambda i: examples[i], steps=1, lr=1.0, optimizer="sgd",
+    _, expected = ttt_accuracy(model, tokenizer, [0, 1, 2], lambda i: examples[i], num_steps=1, lr=1.0, optimizer="sgd",
                                prompt_fn=lambda i: PLAIN.solve(targets[i].question), max_new_tokens=16,
                                gold_fn=lambda i: targets[i].answer, add_bos=True, weights_for=lambda i, ex: weights[i])
     assert correct == expected
     for target, ex, w, loss in zip(targets, examples, weights, losses):
         gold = sft_batch(tokenizer, [PLAIN.solve_pair(target.question, target.solution)], add_bos=True)
-        with adapted_lora(model, tokenizer, ex, steps=1, lr=1.0, optimizer="sgd", weights=w, add_bos=True), \
+        with adapted_lora(model, tokenizer, ex, num_steps=1, lr=1.0, optimizer="sgd", weights=w, add_bos=True), \
                 torch.no_grad():
             assert loss == pytest.approx(sft_losses_per_example(model, gold).item(), rel=1e-6)
 

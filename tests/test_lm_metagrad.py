@@ -14,8 +14,8 @@ SPEC = TinyLMSpec(**SMOKE_TINY_LM)
 
 
 @pytest.fixture(scope="module")
-def lora64(tmp_path_factory):
-    model, tokenizer, _ = pretrained_tiny_lm(SPEC, tmp_path_factory.mktemp("cache"), progress=False)
+def lora64(smoke_tiny_lm_cache):
+    model, tokenizer, _ = pretrained_tiny_lm(SPEC, smoke_tiny_lm_cache, progress=False)
     model = add_lora(use_exact_float64(model.double()), r=2, alpha=4, target_modules=("q_proj", "v_proj", "up_proj"))
     with torch.no_grad():  # B = 0 would zero the gradients of A: make every path carry gradient
         for name, p in lora_parameters(model).items():

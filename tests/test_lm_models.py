@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM
 from mass_ref import inner_adapt
 from mass_ref.lm import (
     EXACT_EAGER,
-    adapt_lora,
+    inner_adapt_lora,
     add_lora,
     build_tiny_lm,
     load_lm,
@@ -24,7 +24,6 @@ from mass_ref.lm import (
     save_lm,
     sft_batch,
     sft_losses_per_example,
-    train_tokenizer,
     use_exact_float64,
 )
 
@@ -32,11 +31,6 @@ CORPUS = [f"Question: What is {a} + {b}?\nAnswer: {a + b}" for a in range(12) fo
 SUPPORT = [("Question: What is 3 + 4?\nAnswer:", " 7"), ("Question: What is 10 + 1?\nAnswer:", " 11"),
            ("Question: What is 2 + 9?\nAnswer:", " 11")]
 QUERY = [("Question: What is 5 + 6?\nAnswer:", " 11"), ("Question: What is 7 + 0?\nAnswer:", " 7")]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer(CORPUS, vocab_size=280)
 
 
 def test_pretraining_lowers_the_loss_and_is_reproducible_by_seed(tokenizer) -> None:
@@ -73,8 +67,8 @@ def test_sdpa_is_refused_for_second_order_gradients_with_a_message_naming_eager(
     lora_model = add_lora(model, r=2, seed=0)
     batch = sft_batch(tokenizer, SUPPORT)
     with pytest.raises(ValueError, match="eager"):
-        adapt_lora(lora_model, batch, inner_lr=0.1)
-    adapt_lora(lora_model, batch, inner_lr=0.1, first_order=True)  # first order needs no double backward
+        inner_adapt_lora(lora_model, batch, inner_lr=0.1)
+    inner_adapt_lora(lora_model, batch, inner_lr=0.1, first_order=True)  # first order needs no double backward
     # Why: the CPU SDPA kernel has no double backward (true on torch 2.13; revisit if this changes).
     adapted = inner_adapt(lora_model, sft_losses_per_example, batch, inner_lr=0.1, backend="torch.func",
                           params=lora_parameters(lora_model))
@@ -111,7 +105,7 @@ def test_lora_meta_gradient_matches_central_finite_differences_in_float64(tokeni
     weights0 = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
 
     def outer(weights: Tensor, params: dict[str, Tensor], num_steps: int) -> Tensor:
-        adapted = adapt_lora(model, support, inner_lr=0.5, num_steps=num_steps, weights=weights, params=params)
+        adapted = inner_adapt_lora(model, support, inner_lr=0.5, num_steps=num_steps, weights=weights, params=params)
         return sft_losses_per_example(adapted, query).mean()
 
     eps = 1e-5
@@ -164,6 +158,7 @@ def smollm2_loads(tmp_path_factory):
     return converted, cached
 
 
+@pytest.mark.slow  # converts SmolLM2-135M (the fixture): ~20 s
 def test_smollm2_converts_once_reloads_identically_and_gives_lora_meta_gradients(smollm2_loads) -> None:
     (model, tokenizer), (cached, cached_tokenizer) = smollm2_loads
     for m in (model, cached):
@@ -179,7 +174,7 @@ def test_smollm2_converts_once_reloads_identically_and_gives_lora_meta_gradients
     batch = sft_batch(cached_tokenizer, [("What is 3 + 4? Answer:", " 7"), ("What is 10 + 11? Answer:", " 21")])
     weights = torch.full((2,), 0.5, requires_grad=True)
     lora = lora_parameters(lora_model)
-    adapted = adapt_lora(lora_model, batch, inner_lr=1e-2, weights=weights)
+    adapted = inner_adapt_lora(lora_model, batch, inner_lr=1e-2, weights=weights)
     loss = sft_losses_per_example(adapted, batch).mean()
     grads = torch.autograd.grad(loss, [weights, *lora.values()])
     assert torch.isfinite(loss) and grads[0].abs().min() > 0

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from mass_ref.lm import IGNORE_INDEX, build_tiny_lm, collate_sft, left_pad_prompts, sft_batch, sft_losses_per_example
-from mass_ref.lm import train_tokenizer
+from mass_ref.lm import token_losses_to_example_means, train_tokenizer
 
 CORPUS = [f"Question: What is {a} + {b}?\nAnswer: {a + b}" for a in range(12) for b in range(12)]
 PAIRS = [("Question: What is 3 + 4?\nAnswer:", " 7"), ("Q: 10 + 11?\nA:", " 21"),
@@ -51,7 +51,12 @@ def test_sft_batch_masks_prompts_by_their_token_length_and_can_prepend_bos() -> 
 def test_per_example_loss_equals_a_hand_computation() -> None:
     batch = collate_sft([[3, 4, 5], [6], [7, 8]], [[9], [10, 11, 12], [13, 14]], pad_token_id=0, eos_token_id=2)
     logits = torch.randn(*batch.input_ids.shape, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    forward = lambda **kwargs: SimpleNamespace(logits=logits)  # noqa: E731
+    asked = []
+
+    def forward(*, logits_to_keep, **kwargs):  # a causal LM's head applied at the kept positions only
+        asked.append(logits_to_keep.tolist())
+        return SimpleNamespace(logits=logits[:, logits_to_keep])
+
     expected = []
     for i in range(3):
         terms = [
@@ -61,6 +66,21 @@ def test_per_example_loss_equals_a_hand_computation() -> None:
         ]
         expected.append(torch.stack(terms).mean())
     assert torch.allclose(sft_losses_per_example(forward, batch), torch.stack(expected), atol=1e-12, rtol=0)
+    supervised_next = (batch.labels[:, 1:] != IGNORE_INDEX).any(0)
+    assert asked == [supervised_next.nonzero().flatten().tolist()]  # logits only where some answer is scored
+
+
+def test_answer_only_logits_give_the_full_logits_loss_and_gradient_bit_for_bit() -> None:
+    tok = tokenizer()
+    model = build_tiny_lm(tok, hidden_size=16, layers=1, heads=2, seed=0, dtype=torch.float64)
+    batch = sft_batch(tok, PAIRS)
+    params = [p for p in model.parameters()]
+    kept = sft_losses_per_example(model, batch)
+    full = token_losses_to_example_means(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
+                                         batch.labels)
+    assert torch.equal(kept, full)
+    for a, b in zip(torch.autograd.grad(kept.sum(), params), torch.autograd.grad(full.sum(), params)):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
 
 
 def test_right_padding_does_not_change_an_examples_loss_in_a_real_model() -> None:

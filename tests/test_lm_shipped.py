@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,3 +38,25 @@ def test_the_shipped_model_is_copied_into_the_cache_instead_of_pretraining(tmp_p
     # use_shipped=False takes the pretraining path (stopped here by the patch)
     with pytest.raises(AssertionError, match="pretrain_lm was called"):
         pretrained_tiny_lm(TinyLMSpec(), tmp_path / "fresh", progress=False, use_shipped=False)
+
+
+def test_the_shipped_meta_training_is_used_and_resumes_as_finished(tmp_path, monkeypatch) -> None:
+    """The chapter-5 checkpoints (``configs/lm_mass_tiny.yaml``, written before checkpoints recorded the fingerprint
+    of their starting models) still load: all are used for the shipped model, and each resumes as finished."""
+    import mass_ref.lm.trainer as trainer
+    from mass_ref.config import load_config
+    from mass_ref.lm import SHIPPED_RUNS, load_lm_for_mass, train_lm_methods, use_shipped_runs
+
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "lm_mass_tiny.yaml")
+    model, tokenizer, fmt = load_lm_for_mass(config.model, tmp_path / "cache", progress=False)
+    run = dict(methods=config.methods, seeds=config.seeds, steps=config.steps, output_dir=tmp_path / "run")
+    copied = use_shipped_runs(model, config.mass, shipped_dir=SHIPPED_RUNS / "tiny", **run)
+    assert sorted(copied) == sorted(f"{m}_seed{s}.pt" for m in config.methods for s in config.seeds)
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("a training step ran although the shipped runs are finished")
+
+    monkeypatch.setattr(trainer, "lm_meta_step", no_step)
+    monkeypatch.setattr(trainer, "solver_grpo_step", no_step)
+    histories = train_lm_methods(model, tokenizer, fmt, config.mass, config.model.tiny, progress=False, **run)
+    assert [len(h) for per_seed in histories.values() for h in per_seed.values()] == [config.steps] * len(copied)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from mass_ref.lm import add_lora, build_tiny_lm, lora_parameters, pretrain_lm, sft_batch, sft_losses_per_example
-from mass_ref.lm import train_tokenizer
 from mass_ref.lm.generate import accuracy, generate_answers
 from mass_ref.lm.timing import time_sft_and_meta_step
 from mass_ref.lm.ttt import adapted_lora, lora_sft_steps, ttt_accuracy
@@ -32,11 +31,6 @@ class Sum:
 
 def prompt(p: Sum) -> str:
     return f"Question: What is {p.a} + {p.b}?\nAnswer:"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer(CORPUS, vocab_size=280)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +59,7 @@ def logits(model, tokenizer) -> torch.Tensor:
 def test_adapted_lora_changes_the_model_inside_and_restores_lora_bitwise_after(model, tokenizer) -> None:
     before, logits_before = snapshot(model), logits(model, tokenizer)
     lora = set(lora_parameters(model))
-    with adapted_lora(model, tokenizer, [A, B], steps=2, lr=1e-2) as losses:
+    with adapted_lora(model, tokenizer, [A, B], num_steps=2, lr=1e-2) as losses:
         assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
         inside = snapshot(model)
         assert (logits(model, tokenizer) - logits_before).abs().max() > 1e-3  # the output changed
@@ -80,7 +74,7 @@ def test_adapted_lora_changes_the_model_inside_and_restores_lora_bitwise_after(m
 def test_adapted_lora_restores_even_when_the_block_raises(model, tokenizer) -> None:
     before = snapshot(model)
     with pytest.raises(RuntimeError, match="boom"):
-        with adapted_lora(model, tokenizer, [A], steps=1, lr=1e-2, optimizer="sgd"):
+        with adapted_lora(model, tokenizer, [A], num_steps=1, lr=1e-2, optimizer="sgd"):
             raise RuntimeError("boom")
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
@@ -89,7 +83,7 @@ def test_a_few_steps_on_one_example_lower_its_loss(model, tokenizer) -> None:
     batch = sft_batch(tokenizer, [B_OTHER])
     with torch.no_grad():
         start = sft_losses_per_example(model, batch).item()
-    losses = lora_sft_steps(model, tokenizer, [B_OTHER], steps=5, lr=1e-2)
+    losses = lora_sft_steps(model, tokenizer, [B_OTHER], num_steps=5, lr=1e-2)
     with torch.no_grad():
         end = sft_losses_per_example(model, batch).item()
     assert losses[0] == pytest.approx(start, rel=1e-6)
@@ -107,7 +101,7 @@ def test_an_sgd_step_follows_the_weighted_sum_of_per_example_gradients(model, to
     per_example = sft_losses_per_example(model, batch)
     grads = [torch.autograd.grad(per_example[i], list(lora.values()), retain_graph=True) for i in range(2)]
     for weights, w in ((None, (0.5, 0.5)), ([0.8, 0.2], (0.8, 0.2))):  # default: uniform 1/m
-        with adapted_lora(model, tokenizer, [A, B], steps=1, lr=0.1, optimizer="sgd", weights=weights):
+        with adapted_lora(model, tokenizer, [A, B], num_steps=1, lr=0.1, optimizer="sgd", weights=weights):
             for (name, p), g0, g1 in zip(lora.items(), *grads):
                 torch.testing.assert_close(p, start[name] - 0.1 * (w[0] * g0 + w[1] * g1), atol=1e-7, rtol=1e-5)
 
@@ -116,10 +110,10 @@ def test_a_zero_weight_example_is_ignored(model, tokenizer) -> None:
     lora = lora_parameters(model)
     results = []
     for examples, weights in (([A, B], [1.0, 0.0]), ([A, B_OTHER], [1.0, 0.0]), ([A, B], None)):
-        with adapted_lora(model, tokenizer, examples, steps=2, lr=1e-2, weights=weights):
+        with adapted_lora(model, tokenizer, examples, num_steps=2, lr=1e-2, weights=weights):
             results.append({n: p.detach().clone() for n, p in lora.items()})
     alone = {n: p.detach().clone() for n, p in lora.items()}
-    lora_sft_steps(model, tokenizer, [A], steps=2, lr=1e-2)
+    lora_sft_steps(model, tokenizer, [A], num_steps=2, lr=1e-2)
     for n, p in lora.items():
         torch.testing.assert_close(results[0][n], p, atol=1e-6, rtol=1e-5)  # = training on A alone
         torch.testing.assert_close(results[1][n], results[0][n], atol=1e-6, rtol=1e-5)  # B's content is irrelevant
@@ -129,11 +123,11 @@ def test_a_zero_weight_example_is_ignored(model, tokenizer) -> None:
 
 def test_bad_arguments_are_refused_with_clear_messages(pretrained, model, tokenizer) -> None:
     with pytest.raises(ValueError, match="add_lora"):
-        lora_sft_steps(pretrained, tokenizer, [A], steps=1, lr=1e-2)
+        lora_sft_steps(pretrained, tokenizer, [A], num_steps=1, lr=1e-2)
     with pytest.raises(ValueError, match="optimizer"):
-        lora_sft_steps(model, tokenizer, [A], steps=1, lr=1e-2, optimizer="rmsprop")
+        lora_sft_steps(model, tokenizer, [A], num_steps=1, lr=1e-2, optimizer="rmsprop")
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
-        lora_sft_steps(model, tokenizer, [A, B], steps=1, lr=1e-2, weights=[1.0])
+        lora_sft_steps(model, tokenizer, [A, B], num_steps=1, lr=1e-2, weights=[1.0])
 
 
 def test_ttt_accuracy_answers_each_problem_with_its_own_adapter_and_discards_it(pretrained, tokenizer,
@@ -157,10 +151,10 @@ def test_ttt_accuracy_answers_each_problem_with_its_own_adapter_and_discards_it(
         return [answer]
 
     base_acc, base = accuracy(model, tokenizer, problems, prompt_fn=prompt, max_new_tokens=4)
-    assert ttt_accuracy(model, tokenizer, problems, lambda p: [], steps=3, lr=1e-2, prompt_fn=prompt,
+    assert ttt_accuracy(model, tokenizer, problems, lambda p: [], num_steps=3, lr=1e-2, prompt_fn=prompt,
                         max_new_tokens=4) == (base_acc, base)  # no examples: the base model answers
     monkeypatch.setattr("mass_ref.lm.ttt.generate_answers", recording_generate)
-    acc, per_problem = ttt_accuracy(model, tokenizer, problems, odd.__getitem__, steps=40, lr=1e-2,
+    acc, per_problem = ttt_accuracy(model, tokenizer, problems, odd.__getitem__, num_steps=40, lr=1e-2,
                                     prompt_fn=prompt, max_new_tokens=4, gold_fn=lambda p: p.answer + 80)
     assert [p for p, _, _ in seen] == problems
     for problem, loss, _ in seen:  # each problem was answered while adapted to its own example...
@@ -171,7 +165,7 @@ def test_ttt_accuracy_answers_each_problem_with_its_own_adapter_and_discards_it(
     assert not any(accuracy(model, tokenizer, problems, prompt_fn=prompt, max_new_tokens=4,
                             gold_fn=lambda p: p.answer + 80)[1])
     seen.clear()
-    zero = ttt_accuracy(model, tokenizer, problems, odd.__getitem__, steps=2, lr=1e-2, prompt_fn=prompt,
+    zero = ttt_accuracy(model, tokenizer, problems, odd.__getitem__, num_steps=2, lr=1e-2, prompt_fn=prompt,
                         max_new_tokens=4, weights_for=lambda p, ex: [0.0], gold_fn=lambda p: p.answer + 80)
     assert zero == (0.0, [False] * 3)  # zero weight: no update
     assert [loss for _, loss, _ in seen] == pytest.approx([base_odd_loss[p] for p in problems], rel=1e-6)

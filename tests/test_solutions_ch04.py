@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mass_ref.lm import (adapt_lora, add_lora, build_tiny_lm, lora_parameters, sft_batch, sft_losses_per_example,
+from mass_ref.lm import (inner_adapt_lora, add_lora, build_tiny_lm, lora_parameters, sft_batch, sft_losses_per_example,
                          token_losses_to_example_means, train_tokenizer)
 from solutions.ch04 import answer_token_loss, one_step_attributions
 
@@ -34,7 +34,7 @@ def test_one_step_attributions_match_autograd_through_adapt_lora() -> None:
                 p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     batch, gold = sft_batch(tokenizer, SUPPORT), sft_batch(tokenizer, GOLD)
     weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64, requires_grad=True)
-    adapted = adapt_lora(model, batch, inner_lr=0.5, weights=weights)
+    adapted = inner_adapt_lora(model, batch, inner_lr=0.5, weights=weights)
     (exact,) = torch.autograd.grad(sft_losses_per_example(adapted, gold).sum(), weights)
     mine = one_step_attributions(model, batch, gold, 0.5, weights.detach())
     assert exact.abs().min() > 1e-6

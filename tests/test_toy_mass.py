@@ -127,7 +127,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monke
     state = training_state(gen, scorer)
     assert all(torch.equal(state[k], expected[k]) for k in expected)
 
-    with pytest.raises(ValueError, match="another config, seed"):
+    with pytest.raises(ValueError, match=r"written by another run: seed \(5 in the checkpoint, 6 here\)"):
         train_toy_mass(learner, gen, scorer, config, steps=9, seed=6, checkpoint_path=path, progress=False)
 
 

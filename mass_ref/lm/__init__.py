@@ -10,7 +10,7 @@ The cost measurements of notebooks/06_scalable_metagradients.ipynb live in
 
 from mass_ref.lm.models import (
     EAGER_IMPLEMENTATIONS,
-    adapt_lora,
+    inner_adapt_lora,
     add_lora,
     build_tiny_lm,
     load_lm,
@@ -42,23 +42,22 @@ from mass_ref.lm.mass import (LMMassConfig, completion_logprobs, layer_checkpoin
                               solver_grpo_step)
 from mass_ref.lm.problems import LMDataSpec, ProblemSource, TextProblem, text_problems
 from mass_ref.lm.trainer import train_lm_mass
+from mass_ref.lm.spec import ALL_LINEAR, LMModelSpec, load_lm_for_mass
 from mass_ref.lm.experiment import (
-    ALL_LINEAR,
     EVAL_METHODS,
     PAIRED_DIFFERENCES,
     SHIPPED_RUNS,
     TINY_ONLY_ROWS,
     TRAINED_METHODS,
-    LMModelSpec,
     as_problem_source,
     checkpoint_path,
     evaluate_lm_methods,
     evaluation_rows,
-    load_lm_for_mass,
     model_fingerprint,
     train_lm_methods,
     use_shipped_runs,
 )
+from mass_ref.lm.run_config import LMRunConfig
 from mass_ref.lm.summary import model_results, summarize_lm_methods
 from mass_ref.lm.practice import (
     PRACTICE_KINDS,
@@ -74,7 +73,7 @@ from mass_ref.lm.evaluate import (
     related_practice,
     right_only,
     scorer_auc,
-    test_time_results,
+    ttt_results,
 )
 from mass_ref.lm.ttt import (
     OPTIMIZERS,
@@ -91,7 +90,7 @@ __all__ = [
     "OPTIMIZERS",
     "IGNORE_INDEX",
     "SFTBatch",
-    "adapt_lora",
+    "inner_adapt_lora",
     "add_lora",
     "build_tiny_lm",
     "collate_sft",
@@ -149,7 +148,7 @@ __all__ = [
     "related_practice",
     "scorer_auc",
     "solver_grpo_step",
-    "test_time_results",
+    "ttt_results",
     "problem_seed",
     "train_lm_mass",
     # problem sources (chapter 7)
@@ -161,6 +160,7 @@ __all__ = [
     "ALL_LINEAR",
     "EVAL_METHODS",
     "LMModelSpec",
+    "LMRunConfig",
     "PAIRED_DIFFERENCES",
     "SHIPPED_RUNS",
     "TINY_ONLY_ROWS",

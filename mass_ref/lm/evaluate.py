@@ -1,6 +1,6 @@
 """Test-time evaluation of the LM methods under one budget: m examples, a few SGD steps, greedy answer.
 
-Every method answers a held-out problem T the same way (:func:`test_time_results`): adapt the
+Every method answers a held-out problem T the same way (:func:`ttt_results`): adapt the
 LoRA tensors with ``steps`` plain SGD steps of step size α on Σ_i w_i ℓ_SFT(p_i, a_i), answer
 greedily and score the gold solution's loss, restore the adapter. The methods differ only in where
 (p_i, a_i) and w_i come from:
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mass_ref.attribution import roc_auc
+from mass_ref.stats import roc_auc
 from mass_ref.lm.formats import PromptFormat
 from mass_ref.lm.generate import generate_answers, sample_answers
 from mass_ref.lm.practice import parse_practice_completion, practice_is_right, practice_prompt_for, scorer_context
@@ -40,7 +40,7 @@ from mass_ref.tasks.arithmetic import ArithmeticProblem
 from mass_ref.tasks.verify import is_correct
 
 __all__ = ["PracticeSet", "practice_sets", "random_practice", "related_practice", "right_only", "scorer_auc",
-           "test_time_results"]
+           "ttt_results"]
 
 Example = tuple[str, str]
 
@@ -149,14 +149,14 @@ def related_practice(
     return sets
 
 
-def test_time_results(
+def ttt_results(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     fmt: PromptFormat,
     problems: Sequence[ArithmeticProblem],
     examples: Sequence[Sequence[Example]] | None,
     *,
-    steps: int,
+    num_steps: int,
     inner_lr: float,
     max_new_tokens: int,
     weights: Sequence[Sequence[float] | None] | None = None,
@@ -185,7 +185,7 @@ def test_time_results(
         ex = [] if examples is None else list(examples[i])
         w = None if weights is None or not ex else weights[i]
         gold = sft_batch(tokenizer, [fmt.solve_pair(problem.question, problem.solution)], add_bos=fmt.add_bos)
-        with adapted_lora(model, tokenizer, ex, steps=steps, lr=inner_lr, optimizer="sgd", weights=w,
+        with adapted_lora(model, tokenizer, ex, num_steps=num_steps, lr=inner_lr, optimizer="sgd", weights=w,
                           add_bos=fmt.add_bos):
             (answer,) = generate_answers(model, tokenizer, [fmt.solve(problem.question)],
                                          max_new_tokens=max_new_tokens, add_bos=fmt.add_bos)

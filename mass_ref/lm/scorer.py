@@ -72,12 +72,14 @@ def scorer_features(
         with torch.no_grad(), (disable() if disable is not None else contextlib.nullcontext()):
             for start in range(0, len(pairs), batch_size):
                 batch = sft_batch(tokenizer, pairs[start:start + batch_size], add_bos=add_bos).to(device)
-                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True,
-                            use_cache=False)
                 targets = batch.labels[:, 1:]
                 predicts = (targets != IGNORE_INDEX).float()  # position t predicts a supervised token at t + 1
-                nll = torch.nn.functional.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), targets,
+                keep = predicts.any(0).nonzero().flatten()  # the LM head runs only where some answer is scored
+                out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True,
+                            use_cache=False, logits_to_keep=keep)
+                nll = torch.nn.functional.cross_entropy(out.logits.float().transpose(1, 2), targets[:, keep],
                                                         ignore_index=IGNORE_INDEX, reduction="none")
+                nll = nll.new_zeros(targets.shape).index_copy(1, keep, nll)  # [n, T−1], 0 where not scored
                 count = predicts.sum(-1)
                 hidden = (out.hidden_states[-1][:, :-1].float() * predicts.unsqueeze(-1)).sum(1) / count.unsqueeze(-1)
                 rows.append(torch.cat([hidden, (nll.sum(-1) / count).unsqueeze(-1),

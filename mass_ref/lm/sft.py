@@ -117,10 +117,10 @@ def sft_batch(
 
     Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
-    eos, pad = _eos_and_pad(tokenizer)
-    bos = [_bos(tokenizer)] if add_bos else []
-    prompts = [bos + _encode(tokenizer, p) for p, _ in pairs]
-    answers = [_encode(tokenizer, a) for _, a in pairs]
+    eos, pad = eos_and_pad_ids(tokenizer)
+    bos = [bos_id(tokenizer)] if add_bos else []
+    prompts = [bos + encode_text(tokenizer, p) for p, _ in pairs]
+    answers = [encode_text(tokenizer, a) for _, a in pairs]
     return collate_sft(prompts, answers, pad_token_id=pad, eos_token_id=eos)
 
 
@@ -136,9 +136,9 @@ def left_pad_prompts(
     """
     if not prompts:
         raise ValueError("need at least one prompt.")
-    _, pad = _eos_and_pad(tokenizer)
-    bos = [_bos(tokenizer)] if add_bos else []
-    rows = [bos + _encode(tokenizer, p) for p in prompts]
+    _, pad = eos_and_pad_ids(tokenizer)
+    bos = [bos_id(tokenizer)] if add_bos else []
+    rows = [bos + encode_text(tokenizer, p) for p in prompts]
     length = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -153,15 +153,23 @@ def sft_losses_per_example(forward: Forward, batch: SFTBatch) -> Tensor:
     """ℓ_i = mean next-token cross-entropy over example i's answer tokens and eos, shape ``[n]``.
 
     This is the ``loss_fn(forward, batch)`` that :func:`mass_ref.inner.inner_adapt` expects:
-    ``forward(**kwargs)`` runs the (possibly adapted) causal LM and returns ``.logits [n, T, V]``.
+    ``forward(**kwargs)`` runs the (possibly adapted) causal LM; it is asked for the logits of the
+    supervised positions only (``logits_to_keep``, a transformers ``...ForCausalLM`` argument) and
+    returns ``.logits [n, kept, V]``.
     Logits at position t−1 score the label at t; positions labelled −100 are ignored. Weighted SFT
     is then ``inner_adapt(model, sft_losses_per_example, batch, weights=w, backend="torch.func",
     params=lora_parameters(model))``.
 
     Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
-    logits = forward(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    return token_losses_to_example_means(logits, batch.labels)
+    targets = batch.labels[:, 1:]
+    supervised = targets != IGNORE_INDEX
+    # Only positions that score some row's answer need logits ([n, T, V] is most of the memory and a
+    # fifth of the time for a 49k vocabulary): ``logits_to_keep`` (transformers) applies the LM head there.
+    keep = supervised.any(0).nonzero().flatten()
+    logits = forward(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                     logits_to_keep=keep).logits  # [n, len(keep), V]
+    return _example_means(logits, targets[:, keep], supervised, keep)
 
 
 def token_losses_to_example_means(logits: Tensor, labels: Tensor) -> Tensor:
@@ -171,21 +179,39 @@ def token_losses_to_example_means(logits: Tensor, labels: Tensor) -> Tensor:
         ValueError: a row with no supervised token (its mean would be 0/0).
     """
     targets = labels[:, 1:]
-    supervised = targets != IGNORE_INDEX
+    return _example_means(logits[:, :-1], targets, targets != IGNORE_INDEX, None)
+
+
+def _example_means(logits: Tensor, targets: Tensor, supervised: Tensor, keep: Tensor | None) -> Tensor:
+    """Mean CE per row from the logits of the positions ``keep`` (None: all T−1), targets aligned with them.
+
+    The per-position losses are put back on all T−1 positions before the sum, so keeping fewer
+    positions sums the same numbers in the same order.
+    """
     counts = supervised.sum(-1)
     if bool((counts == 0).any()):
         raise ValueError("every example needs at least one supervised (answer) token; got a row with none.")
-    ce = torch.nn.functional.cross_entropy(
-        logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-    )  # [n, T-1], 0 where ignored
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
+                                           reduction="none")  # [n, kept], 0 where ignored
+    if keep is not None:
+        ce = ce.new_zeros(supervised.shape).index_copy(1, keep, ce)  # [n, T−1]
     return ce.sum(-1) / counts.to(ce.dtype)
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """The token ids of ``text`` alone, with no special tokens (``[]`` for the empty string).
+
+    Prompts and answers are encoded separately with this, so the boundary between them is exact.
+    """
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
-def _eos_and_pad(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+def eos_and_pad_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """``(eos, pad)`` token ids; pad falls back to eos when the tokenizer has none.
+
+    Raises:
+        ValueError: the tokenizer has no eos token (SFT appends one after every answer).
+    """
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos token; SFT appends one after every answer.")
@@ -193,7 +219,12 @@ def _eos_and_pad(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
     return eos, eos if pad is None else pad
 
 
-def _bos(tokenizer: PreTrainedTokenizerBase) -> int:
+def bos_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The tokenizer's bos id, for ``add_bos=True``.
+
+    Raises:
+        ValueError: the tokenizer has no bos token (pass ``add_bos=False``).
+    """
     if tokenizer.bos_token_id is None:
         raise ValueError("add_bos=True but the tokenizer has no bos token.")
     return tokenizer.bos_token_id

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mass_ref.lm.models import adapt_lora, require_eager_attention
+from mass_ref.lm.models import inner_adapt_lora, require_eager_attention
 from mass_ref.lm.sft import SFTBatch, sft_losses_per_example
 from mass_ref.lm.ttt import lora_sft_steps_on_batch, restored_lora
 
@@ -74,12 +74,12 @@ def time_sft_and_meta_step(
         m = len(batch)
 
         def sft_step() -> None:
-            lora_sft_steps_on_batch(model, batch, steps=1, lr=sft_lr, optimizer="adam")
+            lora_sft_steps_on_batch(model, batch, num_steps=1, lr=sft_lr, optimizer="adam")
 
         def meta_step(k: int) -> Callable[[], None]:
             def run() -> None:
                 weights = torch.full((m,), 1.0 / m, dtype=dtype, device=device, requires_grad=True)
-                adapted = adapt_lora(model, batch, inner_lr=inner_lr, num_steps=k, weights=weights, params=lora)
+                adapted = inner_adapt_lora(model, batch, inner_lr=inner_lr, num_steps=k, weights=weights, params=lora)
                 outer = sft_losses_per_example(adapted, query).mean()
                 torch.autograd.grad(outer, [weights, *params])
 

@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from mass_ref.checkpoint import load_checkpoint, save_checkpoint
+from mass_ref.checkpoint import resumable_loop
 from mass_ref.distributed import DataParallel
 from mass_ref.lm.formats import PromptFormat
 from mass_ref.lm.mass import LMMassConfig, lm_meta_step, solver_grpo_step
@@ -60,7 +59,11 @@ def train_lm_mass(
     ``problems_for_step(t)`` gives the training problems of step t (a pure function of t). With
     ``checkpoint_path`` the LoRA tensors, the scorer, the optimisers and the history are saved
     every ``checkpoint_every`` steps and at the end; the same call resumes from the checkpoint and
-    reaches the same final state as an uninterrupted run. ``stop_after`` stops early on purpose.
+    reaches the same final state as an uninterrupted run (:func:`~mass_ref.checkpoint.resumable_loop`).
+    "The same call" includes the starting models: the checkpoint records a
+    :func:`~mass_ref.checkpoint.fingerprint` of the model (base weights and LoRA tensors) and the
+    scorer as they were passed in, and a resume from other ones is refused (resume with a fresh copy
+    of the starting model, as a new process would). ``stop_after`` stops early on purpose.
     ``parallel``: this process's rank (None: a single process); data parallelism needs
     ``config.per_problem_seeds`` and a ``meta_batch_size`` divisible by the number of ranks.
 
@@ -69,10 +72,6 @@ def train_lm_mass(
         :func:`~mass_ref.lm.mass.solver_grpo_step`), averaged over the ranks.
     """
     parallel = parallel or DataParallel()
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer; got {steps!r}.")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}.")
     if config.method == "mass" and config.train_scorer and scorer is None:
         raise ValueError("config.train_scorer is True but scorer is None; pass an LMScorer or set train_scorer=False.")
     if parallel.world_size > 1:
@@ -88,46 +87,35 @@ def train_lm_mass(
         "generator": torch.optim.Adam(list(lora.values()), lr=config.generator_lr)}
     if scorer is not None:
         optimizers["scorer"] = torch.optim.Adam(scorer.parameters(), lr=config.scorer_lr)
-    history: list[dict[str, float]] = []
-    state = load_checkpoint(checkpoint_path)
-    if state is not None:
-        if state["config"] != asdict(config) or state["seed"] != seed:
-            raise ValueError(f"checkpoint {checkpoint_path} was written by a run with another config or seed; "
-                             "delete it or pass the same config and seed to resume.")
+
+    def state() -> dict[str, Any]:
+        return {"lora": {name: t.detach().cpu().clone() for name, t in lora.items()},
+                "scorer": None if scorer is None else scorer.state_dict(),
+                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()}}
+
+    def restore(saved: dict[str, Any]) -> None:
         with torch.no_grad():
             for name, tensor in lora.items():
-                tensor.copy_(state["lora"][name])
+                tensor.copy_(saved["lora"][name])
         if scorer is not None:
-            scorer.load_state_dict(state["scorer"])
+            scorer.load_state_dict(saved["scorer"])
         for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        history = state["history"]
+            optimizer.load_state_dict(saved["optimizers"][name])
 
-    def checkpoint() -> None:
-        if parallel.is_main:
-            if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, {
-                    "config": asdict(config), "seed": seed, "history": history,
-                    "lora": {name: t.detach().cpu().clone() for name, t in lora.items()},
-                    "scorer": None if scorer is None else scorer.state_dict(),
-                    "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()}})
-            if on_checkpoint is not None:
-                on_checkpoint(history)
-        parallel.barrier()  # no rank runs ahead of a checkpoint it might have to resume from
-
-    label = "Solver GRPO" if config.method == "solver_grpo" else f"MASS ({config.outer_mode})"
-    end = steps if stop_after is None else max(len(history), min(steps, stop_after))
-    for step in tqdm(range(len(history), end), desc=label, disable=not (progress and parallel.is_main),
-                     initial=len(history), total=steps):
-        first_index, problems = parallel.shard(problems_for_step(step))
-        options = dict(seed=seed * 1_000_003 + step, first_index=first_index,
+    def step(t: int) -> dict[str, float]:
+        first_index, problems = parallel.shard(problems_for_step(t))
+        options = dict(seed=seed * 1_000_003 + t, first_index=first_index,
                        average_gradients=parallel.average_gradients if parallel.world_size > 1 else None)
         with _autocast(config, device):
             if config.method == "solver_grpo":
                 diagnostics = solver_grpo_step(model, tokenizer, fmt, problems, config, optimizers, **options)
             else:
                 diagnostics = lm_meta_step(model, tokenizer, fmt, scorer, problems, config, optimizers, **options)
-        history.append(parallel.mean_over_ranks(diagnostics))
-        if (step + 1) % checkpoint_every == 0 or step + 1 == end:
-            checkpoint()
-    return history
+        return parallel.mean_over_ranks(diagnostics)
+
+    starting_models = (model, *([] if scorer is None else [scorer]))  # base weights, initial LoRA, initial scorer
+    label = "Solver GRPO" if config.method == "solver_grpo" else f"MASS ({config.outer_mode})"
+    return resumable_loop(
+        step, steps=steps, config=asdict(config), seed=seed, starting_models=starting_models, training_state=state,
+        restore=restore, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every, stop_after=stop_after,
+        progress=progress, desc=label, on_checkpoint=on_checkpoint, parallel=parallel)

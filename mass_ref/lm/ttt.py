@@ -1,22 +1,23 @@
 """Test-time training (TTT): adapt the LoRA tensors to a few examples, answer, discard the adapter.
 
 For one target problem with m practice examples (p_i, a_i) and weights w_i (default 1/m), TTT
-takes ``steps`` plain (first-order, non-differentiable) optimiser steps on the LoRA tensors φ only:
+takes ``num_steps`` plain (first-order, non-differentiable) optimiser steps on the LoRA tensors φ only:
 
     L(φ) = Σ_i w_i ℓ_i(φ),     ℓ_i = mean token cross-entropy of a_i + eos given p_i
                                       (:func:`~mass_ref.lm.sft.sft_losses_per_example`)
-    SGD:  φ ← φ − α ∇_φ L(φ)
+    SGD:  φ ← φ − α ∇_φ L(φ)        (:func:`mass_ref.inner.sgd_trajectory`, the package's one
+                                     inner-loop kernel, without a graph; then written into φ)
     Adam: φ ← φ − α m̂ / (√v̂ + ε)   (fresh moments per problem; the first step moves each
                                      weight by ≈ α · sign(g), which is why LoRA's B = 0 start
                                      needs an aggressive α ≈ 1e-2 for 1–2 steps)
 
 then answers with the adapted model and restores φ bit for bit. The base weights are never
-touched (gradients are taken with ``torch.autograd.grad`` w.r.t. φ only), and nothing is left
+touched (gradients are taken w.r.t. φ only), and nothing is left
 behind: the optimiser lives inside the call and every ``.grad`` is put back as it was.
 
 The API is a context manager, because "adapted while answering, original afterwards" is a scope::
 
-    with adapted_lora(model, tokenizer, examples, steps=1, lr=1e-2) as losses:
+    with adapted_lora(model, tokenizer, examples, num_steps=1, lr=1e-2) as losses:
         answers = generate_answers(model, tokenizer, [prompt], max_new_tokens=32)
     # here the LoRA tensors are exactly what they were before the ``with``
 
@@ -24,7 +25,7 @@ The API is a context manager, because "adapted while answering, original afterwa
 over problems behind the Base / Base TTT (random other problems) / TT-SS (self-generated
 examples) comparisons. The model stays in eval mode throughout (no dropout: steps are
 deterministic). This is the inference-time update; the differentiable one used for
-meta-gradients is :func:`mass_ref.lm.models.adapt_lora`.
+meta-gradients is :func:`mass_ref.lm.models.inner_adapt_lora`.
 
 Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
@@ -39,8 +40,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from mass_ref.inner import weighted_inner_loss
-from mass_ref.lm.generate import _eval_mode, default_gold, generate_answers
+from mass_ref.inner import inner_loss_of, sgd_trajectory, weighted_inner_loss
+from mass_ref.lm.generate import default_gold, eval_mode, generate_answers
 from mass_ref.lm.models import lora_parameters
 from mass_ref.lm.sft import SFTBatch, sft_batch, sft_losses_per_example
 from mass_ref.tasks.verify import is_correct
@@ -59,42 +60,42 @@ def lora_sft_steps(
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
     *,
-    steps: int,
+    num_steps: int,
     lr: float,
     optimizer: str = "adam",
     weights: Sequence[float] | Tensor | None = None,
     add_bos: bool = False,
 ) -> list[float]:
-    """Train the LoRA tensors of ``model`` **in place** with ``steps`` weighted SFT steps (no restore).
+    """Train the LoRA tensors of ``model`` **in place** with ``num_steps`` weighted SFT steps (no restore).
 
     Args:
         model: a peft model (see :func:`~mass_ref.lm.models.add_lora`); only its LoRA tensors move.
         tokenizer: its tokenizer.
         examples: m ``(prompt, answer)`` pairs, one right-padded batch (all m in every step).
-        steps: number of optimiser steps (0 does nothing).
+        num_steps: number of optimiser steps (0 does nothing).
         lr: the step size α > 0.
         optimizer: ``"adam"`` (torch defaults β = (0.9, 0.999), ε = 1e-8) or ``"sgd"`` (plain).
         weights: m weights w_i, or None for w_i = 1/m. A zero weight removes an example's gradient.
         add_bos: prepend bos to every prompt (see :func:`~mass_ref.lm.sft.sft_batch`).
 
     Returns:
-        The weighted loss L(φ_t) before each step t (``steps`` floats).
+        The weighted loss L(φ_t) before each step t (``num_steps`` floats).
 
     Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
-    _check_step_args(optimizer, steps, lr)
-    if steps == 0 or not examples:
+    _check_step_args(optimizer, num_steps, lr)
+    if num_steps == 0 or not examples:
         return []
     device = next(iter(_lora_or_raise(model).values())).device
     batch = sft_batch(tokenizer, list(examples), add_bos=add_bos).to(device)
-    return lora_sft_steps_on_batch(model, batch, steps=steps, lr=lr, optimizer=optimizer, weights=weights)
+    return lora_sft_steps_on_batch(model, batch, num_steps=num_steps, lr=lr, optimizer=optimizer, weights=weights)
 
 
 def lora_sft_steps_on_batch(
     model: nn.Module,
     batch: SFTBatch,
     *,
-    steps: int,
+    num_steps: int,
     lr: float,
     optimizer: str = "adam",
     weights: Sequence[float] | Tensor | None = None,
@@ -103,16 +104,25 @@ def lora_sft_steps_on_batch(
 
     Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
-    _check_step_args(optimizer, steps, lr)
-    params = list(_lora_or_raise(model).values())
+    _check_step_args(optimizer, num_steps, lr)
+    lora = _lora_or_raise(model)
+    params = list(lora.values())
     batch = batch.to(params[0].device)
     w = _weights(weights, len(batch), params[0].device, params[0].dtype)
-    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
+    if optimizer == "sgd":  # the package's one inner-loop kernel, without a graph, written back in place
+        with eval_mode(model):  # no dropout (LoRA or base): the steps are deterministic
+            trajectory = sgd_trajectory(inner_loss_of(model, sft_losses_per_example, batch, w), lora, inner_lr=lr,
+                                        num_steps=num_steps, differentiable=False)
+        with torch.no_grad():
+            for name, p in lora.items():
+                p.copy_(trajectory.params[-1][name])
+        return [loss.item() for loss in trajectory.losses]
+    opt = torch.optim.Adam(params, lr=lr)  # Adam keeps moments: not the SGD kernel
     saved_grads = [p.grad for p in params]
     losses = []
     try:
-        with _eval_mode(model):  # no dropout (LoRA or base): the steps are deterministic
-            for _ in range(steps):
+        with eval_mode(model):
+            for _ in range(num_steps):
                 loss = weighted_inner_loss(sft_losses_per_example(model, batch), w)
                 grads = torch.autograd.grad(loss, params)  # w.r.t. φ only: base weights get no .grad
                 for p, g in zip(params, grads):
@@ -148,7 +158,7 @@ def adapted_lora(
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
     *,
-    steps: int,
+    num_steps: int,
     lr: float,
     optimizer: str = "adam",
     weights: Sequence[float] | Tensor | None = None,
@@ -158,13 +168,13 @@ def adapted_lora(
     (also on an exception) they are restored bit for bit from a copy taken on entry.
 
     Yields:
-        The weighted training loss before each step (``steps`` floats; empty when ``steps == 0``
+        The weighted training loss before each step (``num_steps`` floats; empty when ``num_steps == 0``
         or ``examples`` is empty, in which case the model is simply not adapted).
 
     Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     with restored_lora(model):
-        yield lora_sft_steps(model, tokenizer, examples, steps=steps, lr=lr, optimizer=optimizer,
+        yield lora_sft_steps(model, tokenizer, examples, num_steps=num_steps, lr=lr, optimizer=optimizer,
                              weights=weights, add_bos=add_bos)
 
 
@@ -174,7 +184,7 @@ def ttt_accuracy(
     problems: Sequence[Problem],
     examples_for: Callable[[Problem], Sequence[Example]],
     *,
-    steps: int,
+    num_steps: int,
     lr: float,
     prompt_fn: Callable[[Problem], str],
     max_new_tokens: int,
@@ -206,7 +216,7 @@ def ttt_accuracy(
     for problem in iterator:
         examples = list(examples_for(problem))
         weights = weights_for(problem, examples) if weights_for is not None and examples else None
-        with adapted_lora(model, tokenizer, examples, steps=steps, lr=lr, optimizer=optimizer,
+        with adapted_lora(model, tokenizer, examples, num_steps=num_steps, lr=lr, optimizer=optimizer,
                           weights=weights, add_bos=add_bos):
             (answer,) = generate_answers(model, tokenizer, [prompt_fn(problem)],
                                          max_new_tokens=max_new_tokens, add_bos=add_bos)
@@ -214,11 +224,11 @@ def ttt_accuracy(
     return (sum(correct) / len(correct) if correct else 0.0), correct
 
 
-def _check_step_args(optimizer: str, steps: int, lr: float) -> None:
+def _check_step_args(optimizer: str, num_steps: int, lr: float) -> None:
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {optimizer!r}.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0; got {steps!r}.")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be an integer >= 0; got {num_steps!r}.")
     if not lr > 0:
         raise ValueError(f"lr must be positive; got {lr!r}. Test-time LoRA typically needs about 1e-2.")
 

@@ -21,7 +21,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from mass_ref.maml import adam_train, sine_mlp
+from mass_ref.maml import sine_mlp
+from mass_ref.training import adam_train
 from mass_ref.toy.problems import SineProblems, sample_sine_problems
 
 X_SCALE = 5.0

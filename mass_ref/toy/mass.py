@@ -19,7 +19,6 @@ Introduced in notebooks/03_mass_toy.ipynb.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from os import PathLike
@@ -27,9 +26,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from mass_ref.checkpoint import load_checkpoint, save_checkpoint
+from mass_ref.checkpoint import resumable_loop
 from mass_ref.grpo import clipped_policy_loss, group_advantages
 from mass_ref.inner import BACKENDS, inner_adapt
 from mass_ref.maml import mse_per_example
@@ -255,72 +253,37 @@ def train_toy_mass(
     With ``checkpoint_path``, the generator, scorer, both optimisers, the sampling RNG and the
     history are saved every ``checkpoint_every`` steps and at the end; calling again with the same
     arguments resumes from the last checkpoint and reaches the same final state as a run that was
-    never interrupted. ``stop_after`` ends the call early (after checkpointing), to interrupt on purpose.
-    ``on_checkpoint(history)`` is called after every checkpoint (e.g. to write a metrics log that
-    always matches the last checkpoint).
+    never interrupted (:func:`~mass_ref.checkpoint.resumable_loop`). "The same arguments" includes
+    the starting models: a checkpoint made from another learner, initial generator or scorer
+    initialisation is refused, even when the config and seed match. ``stop_after`` ends the call
+    early (after checkpointing), to interrupt on purpose. ``on_checkpoint(history)`` is called after
+    every checkpoint (e.g. to write a metrics log that always matches the last checkpoint).
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer; got {steps!r}.")
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}.")
     rng = torch.Generator().manual_seed(seed)
     optimizers = {"generator": torch.optim.Adam(generator_model.parameters(), lr=config.generator_lr),
                   "scorer": torch.optim.Adam(scorer.parameters(), lr=config.scorer_lr)}
-    history: list[dict[str, float]] = []
-    # What the run starts from: a checkpoint made on other base models (learner, initial generator) or
-    # another scorer initialisation must not be resumed, even when the config and seed match.
-    start = fingerprint(learner, generator_model, scorer)
-    state = load_checkpoint(checkpoint_path)
-    if state is not None:
-        if state["config"] != asdict(config) or state["seed"] != seed or state.get("start") != start:
-            raise ValueError(
-                f"checkpoint {checkpoint_path} was written by a run with another config, seed or starting models; "
-                "delete it or pass the same config, seed and models to resume."
-            )
-        if len(state["history"]) > steps:
-            raise ValueError(f"checkpoint {checkpoint_path} already holds {len(state['history'])} meta-steps, more "
-                             f"than steps={steps}; pass steps >= {len(state['history'])}.")
-        generator_model.load_state_dict(state["generator"])
-        scorer.load_state_dict(state["scorer"])
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        rng.set_state(state["rng"])
-        history = state["history"]
 
-    def checkpoint() -> None:
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, {
-                "config": asdict(config), "seed": seed, "start": start, "step": len(history), "history": history,
-                "generator": generator_model.state_dict(), "scorer": scorer.state_dict(),
-                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()}, "rng": rng.get_state(),
-            })
-        if on_checkpoint is not None:
-            on_checkpoint(history)
+    def state() -> dict[str, Any]:
+        return {"generator": generator_model.state_dict(), "scorer": scorer.state_dict(),
+                "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()}, "rng": rng.get_state()}
+
+    def restore(saved: dict[str, Any]) -> None:
+        generator_model.load_state_dict(saved["generator"])
+        scorer.load_state_dict(saved["scorer"])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(saved["optimizers"][name])
+        rng.set_state(saved["rng"])
+
+    def step(_: int) -> dict[str, float]:
+        problems = sample_sine_problems(config.meta_batch_size, generator=rng)
+        return mass_meta_step(learner, generator_model, scorer, problems, config, optimizers, generator=rng)
 
     parts = [config.outer_mode, *([] if config.train_generator else ["scorer only"]),
              *([] if config.train_scorer else ["generator only"])]
-    label = f"MASS ({', '.join(parts)})"
-    end = steps if stop_after is None else max(len(history), min(steps, stop_after))
-    bar = tqdm(range(len(history), end), desc=label, disable=not progress, mininterval=5.0, initial=len(history),
-               total=steps)
-    for step in bar:
-        problems = sample_sine_problems(config.meta_batch_size, generator=rng)
-        history.append(mass_meta_step(learner, generator_model, scorer, problems, config, optimizers, generator=rng))
-        done = step + 1
-        if done % checkpoint_every == 0 or done == end:
-            checkpoint()
-    return history
-
-
-def fingerprint(*modules: nn.Module) -> str:
-    """SHA-256 of the modules' state dicts (names, shapes and values): identifies a run's starting point."""
-    digest = hashlib.sha256()
-    for module in modules:
-        for name, tensor in module.state_dict().items():
-            digest.update(name.encode())
-            digest.update(str(tuple(tensor.shape)).encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return resumable_loop(
+        step, steps=steps, config=asdict(config), seed=seed, starting_models=(learner, generator_model, scorer),
+        training_state=state, restore=restore, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+        stop_after=stop_after, progress=progress, desc=f"MASS ({', '.join(parts)})", on_checkpoint=on_checkpoint)
 
 
 def training_state(generator_model: SineGenerator, scorer: SineScorer) -> dict[str, Any]:
