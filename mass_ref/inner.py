@@ -142,10 +142,10 @@ def sgd_trajectory(
     params, losses = [phi], []
     for _ in range(num_steps):
         grads, loss = grad_and_loss(phi)
-        if first_order or not differentiable:
+        if first_order:
             grads = {name: g.detach() for name, g in grads.items()}
         phi = {name: p - lrs[name] * grads[name] for name, p in phi.items()}
-        if not differentiable:
+        if not differentiable:  # constants: nothing (not even a tensor α) keeps a graph to φ_{k+1}
             phi = {name: p.detach() for name, p in phi.items()}
         params.append(phi)
         losses.append(loss.detach())
