@@ -29,7 +29,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "tasks": (1, ("tasks", "tasks.arithmetic", "tasks.benchmarks", "tasks.sine", "tasks.verify")),
     "sine chapters": (2, ("maml", "distill")),
     "toy": (3, ("toy.base", "toy.evaluate", "toy.generator", "toy.mass", "toy.problems", "toy.scorer")),
-    "lm": (3, ("lm.tokenizer", "lm.precision", "lm.sft", "lm.formats", "lm.models", "lm.generate", "lm.tiny",
+    "lm": (3, ("lm.tokenizer", "lm.precision", "lm.amp", "lm.sft", "lm.formats", "lm.models", "lm.generate", "lm.tiny",
                "lm.practice", "lm.scorer", "lm.problems", "lm.ttt", "lm.timing", "lm.mass", "lm.evaluate",
                "lm.trainer", "lm.spec", "lm.metagrad_cost")),
     "toy experiment": (4, ("toy.experiment",)),

@@ -194,8 +194,8 @@ def test_gpu_config_code_path_trains_and_evaluates_on_gsm8k_fixtures(tmp_path: P
     config.write_text(yaml.safe_dump(data))
     gpu = load_config(ROOT / "configs" / "lm_mass_gpu.yaml")
     smoke = load_config(config)
-    assert (gpu.mass.meta_gradient, gpu.mass.autocast_bf16, gpu.mass.gradient_checkpointing, gpu.data.train) == \
-        (smoke.mass.meta_gradient, smoke.mass.autocast_bf16, smoke.mass.gradient_checkpointing, smoke.data.train)
+    assert (gpu.mass.meta_gradient, gpu.mass.precision, gpu.mass.gradient_checkpointing, gpu.data.train) == \
+        (smoke.mass.meta_gradient, smoke.mass.precision, smoke.mass.gradient_checkpointing, smoke.data.train)
     for command in ("train", "evaluate"):
         result = subprocess.run([sys.executable, "-m", "mass_ref", command, "--config", str(config), "--no-progress"],
                                 capture_output=True, text=True, cwd=ROOT)

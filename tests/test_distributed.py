@@ -65,7 +65,7 @@ def _config(folder: Path, name: str, cache: Path) -> Path:
     data = json.loads(json.dumps(GPU_SMOKE))
     data["model"]["dtype"] = "float64"
     data["data"] = {"train": "tiny", "test": "tiny"}  # the shipped LM's own task family
-    data["mass"].update(autocast_bf16=False, meta_batch_size=4)
+    data["mass"].update(precision="fp32", meta_batch_size=4)
     data.update(output_dir=str(folder / name), cache_dir=str(cache), methods=["mass_gold", "mass"])
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mass_ref.grpo import clipped_policy_loss, group_advantages
+from mass_ref.lm.amp import check_precision
 from mass_ref.lm.formats import PromptFormat
 from mass_ref.lm.generate import sample_answers
 from mass_ref.lm.models import lora_parameters, require_eager_attention
@@ -94,7 +95,13 @@ class LMMassConfig:
             step seed and the problem's index in the step's batch) instead of one stream for the batch.
             Data-parallel training needs it (a rank's samples must not depend on the other ranks'
             problems); chapter 5's runs used the batch stream (False).
-        autocast_bf16: run the step under ``torch.autocast(dtype=torch.bfloat16)`` (GPU profile).
+        precision: the compute precision of the step (:data:`PRECISIONS`): "auto" picks bf16 autocast on
+            a GPU with native bf16 (compute capability >= 8.0) and fp32 everywhere else; "bf16" forces
+            bf16 autocast; "fp32" turns autocast off. The LoRA tensors and the scorer stay fp32 in every
+            case (:func:`~mass_ref.lm.amp.resolve_precision`).
+        micro_batch_size: sequences per forward/backward pass in the policy updates (the generator's
+            m × meta_batch_size completions, Solver GRPO's k × meta_batch_size answers); None: all at once.
+            The gradient is the same (summed over chunks); the peak memory is bounded by the chunk.
         gradient_checkpointing: recompute the transformer's layers in the backward of the generator's
             policy update (the largest first-order batch, m × meta_batch_size completions).
     """
@@ -121,7 +128,8 @@ class LMMassConfig:
     meta_gradient: str = "unroll"
     truncate: int | None = None
     per_problem_seeds: bool = False
-    autocast_bf16: bool = False
+    precision: str = "auto"
+    micro_batch_size: int | None = None
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -143,6 +151,10 @@ class LMMassConfig:
         if self.gamma_solve < 0:
             raise ValueError(f"gamma_solve must be >= 0; got {self.gamma_solve!r}.")
         check_meta_gradient_mode(self.meta_gradient, self.truncate, self.num_inner_steps)
+        check_precision(self.precision)
+        size = self.micro_batch_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"micro_batch_size must be None (one pass) or an integer >= 1; got {size!r}.")
 
 
 def completion_logprobs(

@@ -24,17 +24,12 @@ from transformers import PreTrainedTokenizerBase
 from mass_ref.checkpoint import resumable_loop
 from mass_ref.distributed import DataParallel
 from mass_ref.lm.formats import PromptFormat
+from mass_ref.lm.amp import autocast
 from mass_ref.lm.mass import LMMassConfig, lm_meta_step, solver_grpo_step
 from mass_ref.lm.models import lora_parameters
 from mass_ref.lm.scorer import LMScorer
 
 __all__ = ["train_lm_mass"]
-
-
-def _autocast(config: LMMassConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if not config.autocast_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def train_lm_mass(
@@ -106,7 +101,7 @@ def train_lm_mass(
         first_index, problems = parallel.shard(problems_for_step(t))
         options = dict(seed=seed * 1_000_003 + t, first_index=first_index,
                        average_gradients=parallel.average_gradients if parallel.world_size > 1 else None)
-        with _autocast(config, device):
+        with autocast(config.precision, device):
             if config.method == "solver_grpo":
                 diagnostics = solver_grpo_step(model, tokenizer, fmt, problems, config, optimizers, **options)
             else:
