@@ -51,12 +51,15 @@ from mass_ref.maml import (
     tune_inner_lr,
 )
 from mass_ref.profiles import (
+    LARGE_CARD_GIB,
     PROFILES,
     AttributionSizes,
     MamlSineSizes,
     MassGpuSizes,
     MassToySizes,
     ScalableMetaGradSizes,
+    check_profile_fits_machine,
+    cuda_memory_gib,
     profile_sizes,
     resolve_profile,
 )
@@ -102,6 +105,7 @@ __all__ = [
     "LMRunConfig",
     "ToyRunConfig",
     "DataParallel",
+    "LARGE_CARD_GIB",
     "PROFILES",
     "SineTasks",
     "adam_train",
@@ -130,6 +134,8 @@ __all__ = [
     "oracle_inputs",
     "parse_config",
     "pretrain_on_all_tasks",
+    "check_profile_fits_machine",
+    "cuda_memory_gib",
     "profile_sizes",
     "project_root",
     "query_loss_after_adapting",

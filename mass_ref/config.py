@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -220,6 +221,8 @@ def _value(expected: Any, value: Any, where: str, not_in_file: dict[str, str]) -
         return tuple(_value(t, v, f"{where}[{i}]", not_in_file) for i, (t, v) in enumerate(zip(types, value)))
     if not _has_type(value, expected):
         raise ConfigError(f"{where} must be of type {getattr(expected, '__name__', expected)}; got {value!r}.")
+    if expected is float and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number; got {value!r}.")
     return float(value) if expected is float else value
 
 
@@ -249,13 +252,28 @@ def parse_config(data: Any) -> ExperimentConfig:
     return _build(cls, data, "", cls.NOT_IN_FILE)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 does: ``1e-2`` and ``3E5`` are floats.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-2``), so ``inner_lr: 1e-2`` would be
+    the *string* "1e-2"; every float a user would write is read as one here.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a YAML config file; raises :class:`ConfigError` naming the file or field."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; see configs/ for examples.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
     return parse_config(data)

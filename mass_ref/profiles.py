@@ -3,7 +3,8 @@
 * ``smoke``: seconds per notebook; what CI runs. Numbers are not meaningful.
 * ``cpu``: the committed results; minutes per notebook on a 2-core laptop CPU.
 * ``gpu``: the papers' full budgets; for a CUDA machine.
-* ``auto``: ``gpu`` when CUDA is available, else ``cpu``.
+* ``auto``: ``gpu`` when CUDA is available, else ``cpu``. Within ``gpu``, chapter 7 picks its config by
+  the card's memory (:meth:`MassGpuSizes.config_for_card`).
 
 Every notebook's sizes are defined here, once, as a frozen dataclass per notebook; a notebook's
 parameters cell reads them with :func:`profile_sizes` and may override any field.
@@ -26,7 +27,10 @@ ENV_VAR = "MASS_PROFILE"
 def resolve_profile(profile: str | None = None) -> str:
     """Return the concrete profile name: ``profile``, else ``$MASS_PROFILE``, else ``auto``.
 
-    ``auto`` becomes ``gpu`` when ``torch.cuda.is_available()`` and ``cpu`` otherwise.
+    ``auto`` becomes ``gpu`` when ``torch.cuda.is_available()`` and ``cpu`` otherwise. A ``gpu``
+    read from ``$MASS_PROFILE`` on a machine without CUDA is refused (:func:`check_profile_fits_machine`):
+    a CPU run of a GPU budget would take days. An explicit ``profile="gpu"`` argument only names the
+    sizes (e.g. to print the gpu config on a laptop) and is not checked.
     """
     name = profile if profile is not None else os.environ.get(ENV_VAR, "auto")
     name = name.strip().lower()
@@ -37,7 +41,29 @@ def resolve_profile(profile: str | None = None) -> str:
             f"unknown profile {name!r} (from {'argument' if profile is not None else '$' + ENV_VAR}); "
             f"choose one of {PROFILES + ('auto',)}, e.g. MASS_PROFILE=smoke."
         )
+    if profile is None:
+        check_profile_fits_machine(name)
     return name
+
+
+def check_profile_fits_machine(profile: str) -> None:
+    """Raise ``ValueError`` when ``profile`` is ``gpu`` and this machine has no CUDA device."""
+    if profile == "gpu" and not torch.cuda.is_available():
+        raise ValueError("MASS_PROFILE=gpu needs a CUDA GPU and this machine has none (torch.cuda.is_available() "
+                         "is False); use MASS_PROFILE=cpu (minutes per chapter) or smoke (seconds), or auto.")
+
+
+LARGE_CARD_GIB = 40.0
+"""Cards with at least this much memory (A100-40/80GB, H100) run chapter 7's full config; smaller ones
+(a 16 GB T4, a 24 GB L4) run the small-card config. Both configs state their predicted peak."""
+
+
+def cuda_memory_gib(device: int | None = None) -> float | None:
+    """Total memory of the CUDA device (the current one by default) in GiB; None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    index = torch.cuda.current_device() if device is None else device
+    return torch.cuda.get_device_properties(index).total_memory / 2**30
 
 
 @dataclass(frozen=True)
@@ -200,9 +226,18 @@ class MassGpuSizes:
         config: the YAML config the notebook trains and evaluates, as ``python -m mass_ref`` would. smoke and cpu:
             ``configs/lm_mass_gpu_smoke.yaml`` (the gpu code path on the tiny LM and offline GSM8K-format data);
             gpu: ``configs/lm_mass_gpu.yaml`` (Qwen2.5-0.5B-Instruct on GSM8K, the paper's budget).
+        small_card_config: the config for a card under :data:`LARGE_CARD_GIB` (gpu profile:
+            ``configs/lm_mass_gpu_t4.yaml``); None: ``config`` on every machine.
     """
 
     config: str
+    small_card_config: str | None = None
+
+    def config_for_card(self, memory_gib: float | None) -> str:
+        """The config for a card of ``memory_gib`` (:func:`cuda_memory_gib`; None: no card, ``config``)."""
+        if self.small_card_config is not None and memory_gib is not None and memory_gib < LARGE_CARD_GIB:
+            return self.small_card_config
+        return self.config
 
 
 _COST_MODES = ("unroll", "checkpointed", "forward_over_reverse", "first_order")
@@ -243,7 +278,7 @@ _SIZES: dict[str, dict[str, Any]] = {
     "07_mass_gpu": {
         "smoke": MassGpuSizes("configs/lm_mass_gpu_smoke.yaml"),
         "cpu": MassGpuSizes("configs/lm_mass_gpu_smoke.yaml"),
-        "gpu": MassGpuSizes("configs/lm_mass_gpu.yaml"),
+        "gpu": MassGpuSizes("configs/lm_mass_gpu.yaml", "configs/lm_mass_gpu_t4.yaml"),
     },
 }
 

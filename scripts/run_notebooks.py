@@ -21,7 +21,7 @@ from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from mass_ref.profiles import resolve_profile  # noqa: E402
+from mass_ref.profiles import check_profile_fits_machine, resolve_profile  # noqa: E402
 
 
 def main() -> int:
@@ -32,7 +32,11 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell")
     args = parser.parse_args()
 
-    profile = resolve_profile(args.profile)
+    try:
+        profile = resolve_profile(args.profile)
+        check_profile_fits_machine(profile)  # before the first kernel starts
+    except ValueError as error:
+        parser.error(str(error))
     notebooks = [p.resolve() for p in args.notebooks] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     missing = [str(p) for p in notebooks if not p.is_file()]
     if missing:

@@ -56,6 +56,8 @@ BAD = [
     ("mass.train_scorer", "yes", "mass.train_scorer"),
     ("mass.temperature", 1.0, "mass.temperature"),
     ("evaluate.n_problems", 0, "evaluate.n_problems"),
+    ("mass.inner_lr", float("inf"), "mass.inner_lr must be a finite number"),
+    ("mass.inner_lr", float("nan"), "mass.inner_lr must be a finite number"),
 ]
 
 
@@ -75,6 +77,23 @@ def test_bad_files_and_sections_are_named(tmp_path: Path) -> None:
         parse_config(["steps", 3])
     with pytest.raises(ConfigError, match="mass must be a mapping"):
         parse_config(with_field("mass", "gold"))
+
+
+@pytest.mark.parametrize("written", ["1e-2", "1E-2", "1.0e-2", "0.01", "+1e-2", "10e-3", ".01"])
+def test_every_way_of_writing_a_float_in_yaml_is_read_as_that_float(tmp_path: Path, written: str) -> None:
+    text = (ROOT / "configs" / "toy_mass_smoke.yaml").read_text()
+    path = tmp_path / "config.yaml"
+    path.write_text(text.replace("mass:\n", f"mass:\n  inner_lr: {written}\n", 1))
+    assert load_config(path).mass.inner_lr == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("written", [".inf", "-.inf", ".nan", "1e999"])
+def test_non_finite_floats_in_yaml_are_refused_by_name(tmp_path: Path, written: str) -> None:
+    text = (ROOT / "configs" / "toy_mass_smoke.yaml").read_text()
+    path = tmp_path / "config.yaml"
+    path.write_text(text.replace("mass:\n", f"mass:\n  inner_lr: {written}\n", 1))
+    with pytest.raises(ConfigError, match=r"mass\.inner_lr must be a finite number"):
+        load_config(path)
 
 
 def test_shipped_configs_are_valid() -> None:

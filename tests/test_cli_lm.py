@@ -104,7 +104,7 @@ def test_a_bad_config_fails_before_any_work(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_configs_parse_into_lm_run_configs_and_round_trip() -> None:
-    for name in ("lm_mass_smoke", "lm_mass_tiny", "lm_mass_smollm2", "lm_mass_gpu", "lm_mass_gpu_smoke"):
+    for name in ("lm_mass_smoke", "lm_mass_tiny", "lm_mass_smollm2", "lm_mass_gpu", "lm_mass_gpu_t4", "lm_mass_gpu_smoke"):
         config = load_config(ROOT / "configs" / f"{name}.yaml")
         assert isinstance(config, LMRunConfig) and isinstance(config.model.tiny.number_range, tuple)
         assert config.seeds == tuple(range(config.seed, config.seed + config.n_seeds))
@@ -202,3 +202,51 @@ def test_gpu_config_code_path_trains_and_evaluates_on_gsm8k_fixtures(tmp_path: P
         assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert report["n_problems"] == data["evaluate"]["n_problems"] and "acc_mass" in report
+
+
+def _gpu_smoke_with(tmp_path: Path, **changes: object) -> Path:
+    """configs/lm_mass_gpu_smoke.yaml with dotted ``changes`` (``data__train_path`` = ``data.train_path``)."""
+    data = yaml.safe_load((ROOT / "configs" / "lm_mass_gpu_smoke.yaml").read_text())
+    data.update(output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"))
+    for dotted, value in changes.items():
+        section, _, name = dotted.partition("__")
+        if name:
+            data[section][name] = value
+        else:
+            data[section] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+ROW = '{"question": "What is 2 + 3?", "answer": "2 + 3 = 5.\\n#### 5"}\n'
+BAD_INPUTS = {  # name -> (changes given tmp_path, words the one-line message must hold)
+    "missing train file": (lambda d: {"data__train_path": str(d / "nope.jsonl")}, ["data.train_path", "does not exist"]),
+    "empty train file": (lambda d: {"data__train_path": _write(d / "empty.jsonl", "")}, ["data.train_path", "no records"]),
+    "row without ####": (lambda d: {"data__train_path": _write(d / "bad.jsonl", ROW + ROW.replace("#### 5", "5"))},
+                         ["data.train_path", "#### N", "record 1"]),
+    "broken JSON line": (lambda d: {"data__train_path": _write(d / "broken.jsonl", ROW + "{oops\n")},
+                         ["data.train_path", "line 2", "not valid JSON"]),
+    "train pool < meta-batch": (lambda d: {"data__train_path": _write(d / "one.jsonl", ROW)},
+                                ["data.train_path", "holds 1 gsm8k problems", "meta_batch_size"]),
+    "test pool < n_problems": (lambda d: {"evaluate__n_problems": 50}, ["data.test_path", "holds 5", "evaluate.n_problems"]),
+    "model folder missing": (lambda d: {"model__hub_id": str(d / "no_model")}, ["model.hub_id", "neither a folder"]),
+    "output_dir under a file": (lambda d: {"output_dir": str(Path(_write(d / "file", "x")) / "run")},
+                                ["output_dir", "is a file"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_data_model_or_folder_fails_before_any_work_with_one_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    changes, words = BAD_INPUTS[case]
+    config = _gpu_smoke_with(tmp_path, **changes(tmp_path))
+    assert main(["train", "--config", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and all(w in err for w in words), err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # no work was done

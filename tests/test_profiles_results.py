@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mass_ref import (
+    LARGE_CARD_GIB,
     MamlSineSizes,
     load_results,
     mean_ci95,
@@ -33,6 +34,24 @@ def test_unknown_profile_is_named_with_the_choices(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("MASS_PROFILE", "laptop")
     with pytest.raises(ValueError, match=r"'laptop'.*smoke"):
         resolve_profile()
+
+
+def test_gpu_profile_from_the_environment_is_refused_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("MASS_PROFILE", "gpu")
+    with pytest.raises(ValueError, match=r"MASS_PROFILE=gpu needs a CUDA GPU.*MASS_PROFILE=cpu"):
+        resolve_profile()
+    assert resolve_profile("gpu") == "gpu"  # naming the gpu sizes on a laptop is fine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_profile() == "gpu"
+
+
+def test_chapter_7_picks_its_config_by_the_cards_memory() -> None:
+    sizes = profile_sizes("07_mass_gpu", "gpu")
+    assert sizes.config_for_card(80.0) == sizes.config_for_card(LARGE_CARD_GIB) == "configs/lm_mass_gpu.yaml"
+    assert sizes.config_for_card(15.0) == sizes.config_for_card(23.7) == "configs/lm_mass_gpu_t4.yaml"
+    assert sizes.config_for_card(None) == "configs/lm_mass_gpu.yaml"
+    assert profile_sizes("07_mass_gpu", "smoke").config_for_card(15.0) == "configs/lm_mass_gpu_smoke.yaml"
 
 
 def test_profile_sizes_grow_from_smoke_to_gpu() -> None:

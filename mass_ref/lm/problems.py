@@ -89,6 +89,33 @@ class ProblemSource:
     data: LMDataSpec = field(default_factory=LMDataSpec)
     tiny: TinyLMSpec = field(default_factory=TinyLMSpec)
 
+    def check(self, *, train_problems: int, test_problems: int) -> None:
+        """Read the benchmark files now and check they hold enough problems, before any model loads.
+
+        Args:
+            train_problems: problems one training step draws (the meta-batch); 0: no training.
+            test_problems: held-out problems the evaluation needs; 0: no evaluation.
+
+        Raises:
+            ValueError: naming the config field (``data.train_path``/``data.test_path``), the file and
+                the bad record or the shortfall, and the fix.
+        """
+        for name, source, path, needed, records in (
+                ("train", self.data.train, self.data.train_path, train_problems, lambda: self._train_records),
+                ("test", self.data.test, self.data.test_path, test_problems, lambda: self._test_records)):
+            if needed == 0 or source == "tiny":
+                continue
+            field_name = f"data.{name}_path"
+            try:
+                pool = len(records())
+            except (ValueError, OSError) as error:
+                raise ValueError(f"{field_name} ({path or 'the hub'}): {error}") from error
+            if pool < needed:
+                fix = "meta_batch_size" if name == "train" else "evaluate.n_problems"
+                raise ValueError(f"{field_name} ({path or 'the hub'}) holds {pool} {source} problems, but the run needs "
+                                 f"{needed} per {'step' if name == 'train' else 'evaluation'}; lower {fix} or use a "
+                                 "larger file.")
+
     def train(self, n: int, seed: int) -> list[Any]:
         """n training problems drawn by ``seed`` (benchmarks: distinct, at most all of them)."""
         if self.data.train == "tiny":

@@ -15,6 +15,7 @@ Introduced in notebooks/05_mass_llm.ipynb (data-parallel runs: notebooks/07_mass
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +24,7 @@ from mass_ref.config import ConfigError, EvaluateSection, ExperimentConfig, chec
 from mass_ref.distributed import data_parallel_from_env
 from mass_ref.lm.experiment import EVAL_METHODS, TRAINED_METHODS, evaluate_lm_methods, evaluation_rows, train_lm_methods
 from mass_ref.lm.mass import LMMassConfig
+from mass_ref.lm.models import smollm2_gguf_path
 from mass_ref.lm.problems import LMDataSpec, ProblemSource
 from mass_ref.lm.spec import ALL_LINEAR, LMModelSpec, load_lm_for_mass
 from mass_ref.lm.summary import summarize_lm_methods
@@ -126,6 +128,7 @@ def train(config: LMRunConfig, *, progress: bool = True, stop_after: int | None 
     Under ``torchrun``/``accelerate launch`` the ranks train data-parallel (:mod:`mass_ref.distributed`):
     rank 0 prepares the output folder and the model cache first, and alone writes files.
     """
+    check_run_inputs(config, training=True)
     parallel = data_parallel_from_env()
     if not parallel.is_main:
         parallel.barrier()  # rank 0 first creates the folder and fills the model cache, then the others load
@@ -160,6 +163,7 @@ def evaluate(config: LMRunConfig, *, progress: bool = False) -> dict[str, float]
     """
     out = Path(config.output_dir)
     check_recorded_config(config, out, required=True)
+    check_run_inputs(config, training=False)
     runs = _recorded_runs(out)
     unfinished = [f"{method} seed {seed}: {len(runs.get((method, seed), []))}/{config.steps}"
                   for method in config.methods for seed in config.seeds
@@ -200,3 +204,37 @@ def report(config: LMRunConfig, command: str, result: Any) -> None:
     for method in (m for m in EVAL_METHODS if f"acc_{m}" in result):
         print(f"  {method:26s} {result[f'acc_{method}']:.3f} ± {result[f'acc_{method}_ci95']:.3f}   "
               f"{result[f'gold_loss_{method}']:.3f} ± {result[f'gold_loss_{method}_ci95']:.3f}")
+
+
+def check_run_inputs(config: LMRunConfig, *, training: bool) -> None:
+    """Check what a run reads and writes before any work: the model, the data files, the output folder.
+
+    Raises:
+        ConfigError: naming the field (``model.hub_id``, ``data.train_path``, ``output_dir``, ...), the
+            file or record, and the fix.
+    """
+    if config.model.name == "hub":
+        hub_id = config.model.hub_id
+        looks_local = hub_id.startswith((".", "/", "~")) or hub_id.count("/") > 1  # hub ids are [owner/]name
+        if looks_local and not Path(hub_id).expanduser().is_dir():
+            raise ConfigError(f"model.hub_id {hub_id!r} is neither a folder here nor a hub id (owner/name); "
+                              "give a save_pretrained folder or a Hugging Face model id.")
+    elif config.model.name == "smollm2":
+        try:
+            smollm2_gguf_path()
+        except (FileNotFoundError, ModuleNotFoundError) as error:
+            raise ConfigError(f"model.name 'smollm2': {error}") from error
+    n_train = config.mass.meta_batch_size if training else 0
+    n_test = config.evaluate.n_problems  # also when training: a short test file must not surface after hours
+    try:
+        ProblemSource(config.data, config.model.tiny).check(train_problems=n_train, test_problems=n_test)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    out = Path(config.output_dir)
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir {str(out)!r} cannot be created: {existing} is a file; choose another folder "
+                          "(--output-dir).")
+    if training and not os.access(existing, os.W_OK):
+        raise ConfigError(f"output_dir {str(out)!r} cannot be written ({existing} is not writable); choose another "
+                          "folder (--output-dir).")

@@ -74,10 +74,23 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         return pq.read_table(path).to_pylist()
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    rows = json.loads(text)
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"line {number} of {str(path)!r} is not valid JSON ({error.msg}); "
+                                     "a .jsonl file holds one JSON object per line.") from error
+    else:
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{str(path)!r} is not valid JSON ({error}).") from error
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-        raise ValueError(f"{str(path)!r} must hold a JSON list of records (objects).")
+        raise ValueError(f"{str(path)!r} must hold a JSON list of records (objects), one per problem.")
+    if not rows:
+        raise ValueError(f"{str(path)!r} holds no records; it needs at least one problem.")
     return rows
 
 
@@ -122,10 +135,10 @@ def _rows(hub_name: str, config: str | None, split: str, path: str | Path | None
     return rows
 
 
-def _gsm8k_final_answer(solution: str) -> str:
+def _gsm8k_final_answer(solution: str, where: str = "") -> str:
     """The text after the last ``####`` of a GSM8K solution, canonical when it is a number."""
     if "####" not in solution:
-        raise ValueError(f"a GSM8K answer must end with '#### N'; got {solution[-80:]!r}.")
+        raise ValueError(f"a GSM8K answer must end with '#### N'; got {solution[-80:]!r}{where}.")
     final = solution.rsplit("####", 1)[1].strip()
     try:
         return normalize_number(final)
@@ -150,9 +163,11 @@ def load_gsm8k(
     """
     _check_split_and_limit(split, GSM8K_SPLITS, limit, GSM8K_HUB_NAME)
     rows = _rows(GSM8K_HUB_NAME, GSM8K_CONFIG, split, path, GSM8K_COLUMNS, limit)
+    source = repr(str(path)) if path is not None else f"{GSM8K_HUB_NAME} ({split})"
     return [
-        {"question": row["question"], "answer": row["answer"], "final_answer": _gsm8k_final_answer(row["answer"])}
-        for row in rows
+        {"question": row["question"], "answer": row["answer"],
+         "final_answer": _gsm8k_final_answer(row["answer"], f" in record {i} of {source}")}
+        for i, row in enumerate(rows)
     ]
 
 
