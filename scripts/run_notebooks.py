@@ -35,8 +35,9 @@ def main() -> int:
     try:
         profile = resolve_profile(args.profile)
         check_profile_fits_machine(profile)  # before the first kernel starts
-    except ValueError as error:
-        parser.error(str(error))
+    except ValueError as error:  # one line, no traceback: the user set an environment variable, not code
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     notebooks = [p.resolve() for p in args.notebooks] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     missing = [str(p) for p in notebooks if not p.is_file()]
     if missing:

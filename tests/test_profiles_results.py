@@ -112,3 +112,19 @@ def test_run_directory_changes_with_the_settings_only() -> None:
     assert a == run_directory("06_x", "cpu", "exact", {"m": 12}, 16)
     assert a != run_directory("06_x", "cpu", "exact", {"m": 6}, 16) and a.parent.name == "cpu"
     assert a.name.startswith("exact-") and a.parts[-5:-2] == ("build", "runs", "06_x")
+
+
+@pytest.mark.parametrize(("profile", "words"), [("bogus", "unknown profile 'bogus' (from $MASS_PROFILE)"),
+                                                 ("gpu", "MASS_PROFILE=gpu needs a CUDA GPU")])
+def test_make_run_with_a_bad_profile_prints_one_line_and_exits_2(profile: str, words: str) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "MASS_PROFILE": profile, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "scripts/run_notebooks.py"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and words in done.stderr
