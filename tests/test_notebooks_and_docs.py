@@ -208,3 +208,19 @@ def test_readme_quotes_later_chapters(stem: str, keys: list[str]) -> None:
             or "_gold_loss_" in key
         quoted = f"{results[key]:.3f}" if three_digits else f"{results[key]:.2f}"
         assert quoted in readme or quoted.replace("-", "−") in readme, f"README does not quote {stem}:{key} = {quoted}"
+
+
+def _split_tables(text: str) -> list[int]:
+    """Line numbers where a markdown table resumes after a blank line (it renders as raw `|` text there)."""
+    lines = text.splitlines()
+    return [i + 1 for i in range(2, len(lines))
+            if lines[i].startswith("|") and not lines[i - 1].strip() and lines[i - 2].startswith("|")
+            and lines[i].count("|") == lines[i - 2].count("|")]
+
+
+def test_no_markdown_table_is_cut_by_a_blank_line() -> None:
+    """mkdocs --strict does not catch it: the rows after the blank line render as text, not a table."""
+    assert _split_tables("| a | b |\n|---|---|\n| 1 | 2 |\n\n| 3 | 4 |\n") == [5]  # the check itself can fail
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    cut = {page.name: lines for page in pages if (lines := _split_tables(page.read_text()))}
+    assert not cut, f"tables cut by a blank line (file: line numbers): {cut}"
