@@ -23,6 +23,8 @@ Introduced in notebooks/07_mass_gpu.ipynb.
 
 from __future__ import annotations
 
+import datetime
+import inspect
 import math
 import os
 from collections.abc import Sequence
@@ -33,9 +35,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DataParallel", "data_parallel_from_env", "local_device"]
+__all__ = ["PROCESS_GROUP_TIMEOUT", "DataParallel", "data_parallel_from_env", "local_device"]
 
 T = TypeVar("T")
+
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=60)
+"""How long a collective (a barrier, an all-reduce) waits for the other ranks before it fails.
+
+Long on purpose: ``python -m mass_ref train`` has rank 0 alone download and cache the model (and a
+benchmark) while every other rank waits in a barrier, and a hub model of a few GB can take longer than
+torch's default (10 minutes for NCCL), which would kill the waiting ranks. A rank that really hangs is
+then noticed after an hour instead."""
+_TAKES_DEVICE_ID = "device_id" in inspect.signature(dist.init_process_group).parameters  # torch >= 2.3
 
 
 @dataclass(frozen=True)
@@ -120,15 +131,20 @@ def data_parallel_from_env(backend: str | None = None) -> DataParallel:
 
     Without ``WORLD_SIZE`` (or with 1) this is a single process and nothing is initialised.
     ``backend`` defaults to NCCL when CUDA is available, else gloo. Each rank should then use
-    ``cuda:LOCAL_RANK`` (see :func:`local_device`).
+    ``cuda:LOCAL_RANK`` (see :func:`local_device`); with NCCL the group is bound to that device
+    (``device_id``). Collectives wait up to :data:`PROCESS_GROUP_TIMEOUT` for the other ranks.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DataParallel()
     if not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        options: dict[str, torch.device] = {}
         if torch.cuda.is_available():  # NCCL collectives (all_gather_object too) use the current device
             torch.cuda.set_device(local_device())
-        dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+            if backend == "nccl" and _TAKES_DEVICE_ID:  # bind the communicator to this rank's GPU (barriers too)
+                options["device_id"] = local_device()
+        dist.init_process_group(backend=backend, timeout=PROCESS_GROUP_TIMEOUT, **options)
     return DataParallel(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 

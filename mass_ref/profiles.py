@@ -53,9 +53,10 @@ def check_profile_fits_machine(profile: str) -> None:
                          "is False); use MASS_PROFILE=cpu (minutes per chapter) or smoke (seconds), or auto.")
 
 
-LARGE_CARD_GIB = 40.0
-"""Cards with at least this much memory (A100-40/80GB, H100) run chapter 7's full config; smaller ones
-(a 16 GB T4, a 24 GB L4) run the small-card config. Both configs state their predicted peak."""
+LARGE_CARD_GIB = 60.0
+"""Cards with at least this much memory (80 GB: A100-80GB, H100) run chapter 7's full config, whose predicted
+peak is 41.3 GiB (bf16; :mod:`mass_ref.lm.memory`, docs/scaling.md) and would leave a 40/48 GB card no headroom;
+smaller cards (a 16 GB T4 up to a 48 GB L40S) run the small-card config (12.2 GiB predicted, fp32)."""
 
 
 def cuda_memory_gib(device: int | None = None) -> float | None:

@@ -181,6 +181,8 @@ def test_python_dash_m_evaluates_every_row(straight: Path) -> None:
     assert {f"acc_{m}{twin}" for m in methods for twin in ("", "_ci95")} <= set(report)
     assert {"acc_mass_minus_mass_no_update", "gold_loss_mass_minus_mass_uniform_ci95"} <= set(report)
     assert report["n_problems"] == SMOKE["evaluate"]["n_problems"] and report["n_seeds"] == 1
+    assert (report["precision"], report["device"], report["device_name"]) == ("fp32", "cpu", "cpu")  # "auto" on a CPU
+    assert "precision fp32 on cpu" in result.stdout
     assert (straight.parent / "run" / "eval_seed0.json").is_file()
     assert all(m in result.stdout for m in methods)
 

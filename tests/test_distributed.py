@@ -50,6 +50,35 @@ def test_a_single_process_needs_no_process_group(monkeypatch: pytest.MonkeyPatch
     assert torch.equal(p.grad, torch.full((2,), 3.0)) and parallel.mean_over_ranks({"x": 1.0}) == {"x": 1.0}
 
 
+@pytest.mark.parametrize("cuda", [False, True])
+def test_the_process_group_waits_an_hour_and_nccl_is_bound_to_the_local_gpu(monkeypatch: pytest.MonkeyPatch,
+                                                                            cuda: bool) -> None:
+    """Rank 0 may be downloading the model while the others wait in a barrier: torch's default timeout
+    (10 min for NCCL) would kill them."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from mass_ref.distributed import PROCESS_GROUP_TIMEOUT
+
+    calls: list[dict[str, object]] = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append({"set_device": device}))
+    assert data_parallel_from_env() == DataParallel(rank=1, world_size=2)
+    assert PROCESS_GROUP_TIMEOUT >= datetime.timedelta(minutes=60)
+    if cuda:
+        assert calls == [{"set_device": torch.device("cuda", 1)},
+                         {"backend": "nccl", "timeout": PROCESS_GROUP_TIMEOUT, "device_id": torch.device("cuda", 1)}]
+    else:
+        assert calls == [{"backend": "gloo", "timeout": PROCESS_GROUP_TIMEOUT}]
+
+
 def test_the_trainer_refuses_data_parallel_runs_it_cannot_split_before_any_work() -> None:
     from mass_ref.lm import LMMassConfig, train_lm_mass
 

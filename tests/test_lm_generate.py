@@ -108,3 +108,76 @@ def test_sampling_is_reproducible_by_seed_leaves_the_global_rng_alone_and_cools_
     assert cold == [[g, g] for g in greedy]
     with pytest.raises(ValueError, match="temperature"):
         sample_answers(model, tokenizer, prompts, num_samples=2, temperature=0.0, max_new_tokens=8, seed=0)
+
+
+def test_the_models_own_generation_config_changes_nothing(model, tokenizer, capfd) -> None:
+    """A hub model's generation_config (a repetition penalty, top_k, ...) must not leak into greedy answers or
+    τ-samples, and overriding it prints no warning."""
+    import copy
+    import warnings
+
+    plain = copy.deepcopy(model)
+    opinionated = copy.deepcopy(model)
+    config = opinionated.generation_config
+    config.repetition_penalty, config.top_k, config.top_p, config.temperature = 5.0, 1, 0.5, 0.3
+    config.do_sample, config.no_repeat_ngram_size, config.min_new_tokens = True, 1, 3
+    config.suppress_tokens = [tokenizer(" 1", add_special_tokens=False).input_ids[-1]]
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for m in (opinionated, add_lora(copy.deepcopy(opinionated), r=2, seed=0)):  # peft reads the base's config
+            greedy = generate_answers(m, tokenizer, PROMPTS, max_new_tokens=10, batch_size=4)
+            samples = sample_answers(m, tokenizer, PROMPTS[:3], num_samples=4, temperature=1.5, max_new_tokens=8,
+                                     seed=3)
+            assert greedy == generate_answers(plain, tokenizer, PROMPTS, max_new_tokens=10, batch_size=4)
+            assert samples == sample_answers(plain, tokenizer, PROMPTS[:3], num_samples=4, temperature=1.5,
+                                             max_new_tokens=8, seed=3)
+    assert opinionated.generation_config.repetition_penalty == 5.0  # the model's own config is put back
+    assert [str(w.message) for w in caught if "generat" in str(w.message).lower()] == []
+    assert "generat" not in capfd.readouterr().err.lower()
+    # the settings above would change the answers if they were inherited
+    with torch.no_grad():
+        inherited = opinionated.generate(**dict(zip(("input_ids", "attention_mask"), _left_pad(tokenizer, PROMPTS))),
+                                         max_new_tokens=10, pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    padded = _left_pad(tokenizer, PROMPTS)[0].shape[1]
+    assert [tokenizer.decode(r[padded:], skip_special_tokens=True) for r in inherited.tolist()] != \
+        generate_answers(plain, tokenizer, PROMPTS, max_new_tokens=10)
+
+
+def _left_pad(tokenizer, prompts):
+    from mass_ref.lm.sft import left_pad_prompts
+
+    return left_pad_prompts(tokenizer, prompts, add_bos=False)
+
+
+def test_problems_without_an_update_are_decoded_in_batches_with_the_same_answers(tmp_path, monkeypatch) -> None:
+    """ttt_results decodes every no-update problem in one left-padded batch: the answers, correctness and gold
+    losses are those of decoding each problem alone; adapted problems are still decoded one at a time."""
+    import mass_ref.lm.evaluate as lm_evaluate
+    from mass_ref.lm import PLAIN, TinyLMSpec, pretrained_tiny_lm, random_practice, task_problems
+
+    spec = TinyLMSpec()  # the shipped tiny LM (the smoke one answers blanks): multi-line answers of varied length
+    model, tok, _ = pretrained_tiny_lm(spec, tmp_path, progress=False)
+    model = add_lora(model, r=2, alpha=4, seed=0)
+    targets = task_problems(spec, 24, split="test", seed=1)
+    examples = random_practice(task_problems(spec, 50, split="train", seed=3), PLAIN, len(targets), m=2, seed=0)
+    examples = [ex if i % 4 == 0 else [] for i, ex in enumerate(examples)]  # 6 adapted, 18 not
+    calls: list[tuple[list[str], list[str]]] = []
+
+    def recording(m, t, prompts, **kwargs):
+        answers = generate_answers(m, t, prompts, **kwargs)
+        calls.append((list(prompts), answers))
+        return answers
+
+    monkeypatch.setattr(lm_evaluate, "generate_answers", recording)
+    runs = {}
+    for batch_size in (16, 1):
+        calls.clear()
+        result = lm_evaluate.ttt_results(model, tok, PLAIN, targets, examples, num_steps=1, inner_lr=1.0,
+                                         max_new_tokens=48, batch_size=batch_size)
+        runs[batch_size] = result, {p: a for prompts, answers in calls for p, a in zip(prompts, answers)}
+        if batch_size == 16:
+            assert [len(prompts) for prompts, _ in calls] == [18] + [1] * 6  # one batched call (two chunks inside)
+    (batched, batched_answers), (alone, alone_answers) = runs[16], runs[1]
+    assert batched_answers == alone_answers and len(set(batched_answers.values())) > 10
+    assert batched == alone  # correctness and gold losses, bit for bit

@@ -482,3 +482,61 @@ def test_rows_that_need_skill_labels_are_refused_on_benchmarks_before_any_work(p
     with pytest.raises(ValueError, match=r"rows \['related_gold'\] need the tiny task family"):
         experiment.evaluate_lm_methods(model, pretrained[1], PLAIN, SMALL, source, methods=["base", "related_gold"],
                                        seed=0, steps=1, output_dir=tmp_path, n_problems=2, num_examples=2)
+
+
+class _GradientRecorder:
+    """An optimiser stand-in for ``_policy_update``: records each step's ``.grad`` and moves nothing."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.params, self.steps = params, []
+
+    def step(self) -> None:
+        self.steps.append([p.grad.clone() for p in self.params])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_micro_batched_policy_updates_have_the_full_batchs_gradient_and_steps(peft64, pretrained,
+                                                                              checkpointing) -> None:
+    import copy
+
+    from mass_ref.lm import completion_logprobs
+    from mass_ref.lm.mass import _policy_update
+
+    tokenizer = pretrained[1]
+    problems = task_problems(SPEC, 5, split="train", seed=4)
+    prompts = [PLAIN.solve(p.question) for p in problems]
+    answers = [p.solution + " extra" * i for i, p in enumerate(problems)]  # unequal lengths: chunks pad differently
+    advantages = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
+    gold = sft_batch(tokenizer, [PLAIN.solve_pair(p.question, p.solution) for p in problems[:2]], add_bos=True)
+
+    def run(model, optimizer, micro: int | None, epochs: int) -> float:
+        config = dataclasses.replace(SMALL, micro_batch_size=micro, ppo_epochs=epochs,
+                                     gradient_checkpointing=checkpointing)
+        return _policy_update(
+            model, optimizer,
+            lambda s: completion_logprobs(model, tokenizer, PLAIN, prompts[s], answers[s], device=torch.device("cpu")),
+            advantages, config, lambda: 0.1 * sft_losses_per_example(model, gold).mean(), None)
+
+    params = list(lora_parameters(peft64).values())
+    recorded = {}
+    for micro in (None, 2, 3):
+        recorder = _GradientRecorder(params)
+        recorded[micro] = (run(peft64, recorder, micro, 1), recorder.steps[0])
+    full_loss, full = recorded[None]
+    for micro in (2, 3):
+        loss, grads = recorded[micro]
+        assert loss == pytest.approx(full_loss, rel=1e-10)
+        for a, b in zip(full, grads):
+            assert (b - a).norm() <= 1e-10 * a.norm()
+    # two PPO epochs of Adam (π_old from the first epoch's chunks): the same LoRA tensors
+    finals = []
+    for micro in (None, 2):
+        model = copy.deepcopy(peft64)
+        run(model, torch.optim.Adam(list(lora_parameters(model).values()), lr=1e-2), micro, 2)
+        finals.append(lora_parameters(model))
+    for name, tensor in finals[0].items():
+        torch.testing.assert_close(finals[1][name], tensor, rtol=1e-9, atol=1e-12)

@@ -48,8 +48,9 @@ def test_gpu_profile_from_the_environment_is_refused_without_cuda(monkeypatch: p
 
 def test_chapter_7_picks_its_config_by_the_cards_memory() -> None:
     sizes = profile_sizes("07_mass_gpu", "gpu")
-    assert sizes.config_for_card(80.0) == sizes.config_for_card(LARGE_CARD_GIB) == "configs/lm_mass_gpu.yaml"
-    assert sizes.config_for_card(15.0) == sizes.config_for_card(23.7) == "configs/lm_mass_gpu_t4.yaml"
+    assert sizes.config_for_card(79.2) == sizes.config_for_card(LARGE_CARD_GIB) == "configs/lm_mass_gpu.yaml"
+    assert sizes.config_for_card(14.7) == sizes.config_for_card(39.4) == sizes.config_for_card(44.4) \
+        == "configs/lm_mass_gpu_t4.yaml"
     assert sizes.config_for_card(None) == "configs/lm_mass_gpu.yaml"
     assert profile_sizes("07_mass_gpu", "smoke").config_for_card(15.0) == "configs/lm_mass_gpu_smoke.yaml"
 

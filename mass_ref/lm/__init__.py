@@ -33,6 +33,7 @@ from mass_ref.lm.sft import (
 )
 from mass_ref.lm.precision import EXACT_EAGER, use_exact_float64
 from mass_ref.lm.tokenizer import train_tokenizer
+from mass_ref.lm.amp import PRECISIONS, resolve_precision
 from mass_ref.lm.generate import accuracy, default_gold, generate_answers, sample_answers
 from mass_ref.lm.timing import time_sft_and_meta_step
 from mass_ref.lm.formats import PLAIN, PromptFormat, chat_format, parse_practice, pretraining_corpus
@@ -57,7 +58,9 @@ from mass_ref.lm.experiment import (
     train_lm_methods,
     use_shipped_runs,
 )
-from mass_ref.lm.run_config import LMRunConfig
+from mass_ref.lm.run_config import LMRunConfig, run_memory_estimates
+from mass_ref.lm.memory import (MemoryEstimate, ModelShape, generation_memory, measure_peak_bytes, meta_gradient_memory,
+                                 policy_chunk_memory, weights_memory)
 from mass_ref.lm.summary import model_results, summarize_lm_methods
 from mass_ref.lm.practice import (
     PRACTICE_KINDS,
@@ -131,9 +134,20 @@ __all__ = [
     # MASS on an LM
     "LMMassConfig",
     "LMScorer",
+    "PRECISIONS",
+    "resolve_precision",
     "PracticeSet",
     "completion_logprobs",
     "layer_checkpointing",
+    # the memory model (docs/scaling.md)
+    "MemoryEstimate",
+    "ModelShape",
+    "generation_memory",
+    "measure_peak_bytes",
+    "meta_gradient_memory",
+    "policy_chunk_memory",
+    "run_memory_estimates",
+    "weights_memory",
     "lm_meta_step",
     "NUM_STATS",
     "PRACTICE_KINDS",

@@ -30,6 +30,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from mass_ref.stats import roc_auc
+from mass_ref.lm.amp import fp32_scope
 from mass_ref.lm.formats import PromptFormat
 from mass_ref.lm.generate import generate_answers, sample_answers
 from mass_ref.lm.practice import parse_practice_completion, practice_is_right, practice_prompt_for, scorer_context
@@ -92,7 +93,7 @@ def practice_sets(
             device = next(scorer.parameters()).device
             features = scorer_features(model, tokenizer, examples, add_bos=fmt.add_bos,
                                        context=scorer_context(kind, problem.question)).to(device)
-            with torch.no_grad():
+            with torch.no_grad(), fp32_scope(device):  # the scorer computes in its own dtype, even under autocast
                 logits = scorer.logits(features)
                 weights = (scorer.log_step_scale.exp() * torch.softmax(logits, 0)).tolist()
                 scores = logits.tolist()
@@ -161,20 +162,29 @@ def ttt_results(
     max_new_tokens: int,
     weights: Sequence[Sequence[float] | None] | None = None,
     progress: bool = False,
+    batch_size: int = 16,
 ) -> tuple[list[bool], list[float]]:
     """Per problem i: SGD on ``examples[i]`` (weights ``weights[i]``), then the greedy answer's correctness
     and the gold solution's loss ℓ_SFT(φ'; T, R*), both under the same adapted φ' (one update each).
     The loss is MASS_gold's outer loss and a far less noisy measure than accuracy of whether the
     examples helped.
 
-    ``examples=None`` (or an empty list for a problem) answers without an update. The adapter is
-    restored after every problem, bit for bit. Returns ``(correct, gold_loss)``.
+    ``examples=None`` (or an empty list for a problem, or ``num_steps=0``) answers without an update.
+    Those problems all see the same φ, so they are decoded together, ``batch_size`` prompts per
+    ``generate`` (left-padded: the same answers as one at a time up to float rounding, see
+    :mod:`mass_ref.lm.generate`); each adapted problem is decoded alone under its own φ'. The adapter
+    is restored after every problem, bit for bit. Returns ``(correct, gold_loss)``.
     """
     if examples is not None and len(examples) != len(problems):
         raise ValueError(f"need one example list per problem; got {len(examples)} for {len(problems)} problems.")
     if weights is not None and len(weights) != len(problems):
         raise ValueError(f"need one weight list (or None) per problem; got {len(weights)} for {len(problems)}.")
     device = next(model.parameters()).device
+    updates = [[] if examples is None or num_steps == 0 else list(examples[i]) for i in range(len(problems))]
+    unadapted = [i for i, ex in enumerate(updates) if not ex]
+    answers: dict[int, str] = dict(zip(unadapted, generate_answers(
+        model, tokenizer, [fmt.solve(problems[i].question) for i in unadapted], max_new_tokens=max_new_tokens,
+        batch_size=batch_size, add_bos=fmt.add_bos)))
     correct, losses = [], []
     iterator: Sequence[ArithmeticProblem] = problems
     if progress:
@@ -182,16 +192,17 @@ def ttt_results(
 
         iterator = tqdm(problems, desc="test-time training")
     for i, problem in enumerate(iterator):
-        ex = [] if examples is None else list(examples[i])
+        ex = updates[i]
         w = None if weights is None or not ex else weights[i]
         gold = sft_batch(tokenizer, [fmt.solve_pair(problem.question, problem.solution)], add_bos=fmt.add_bos)
         with adapted_lora(model, tokenizer, ex, num_steps=num_steps, lr=inner_lr, optimizer="sgd", weights=w,
                           add_bos=fmt.add_bos):
-            (answer,) = generate_answers(model, tokenizer, [fmt.solve(problem.question)],
-                                         max_new_tokens=max_new_tokens, add_bos=fmt.add_bos)
+            if i not in answers:
+                (answers[i],) = generate_answers(model, tokenizer, [fmt.solve(problem.question)],
+                                                 max_new_tokens=max_new_tokens, add_bos=fmt.add_bos)
             with torch.no_grad():
                 losses.append(sft_losses_per_example(model, gold.to(device)).item())
-        correct.append(is_correct(answer, problem.answer))
+        correct.append(is_correct(answers[i], problem.answer))
     return correct, losses
 
 

@@ -228,9 +228,11 @@ def use_shipped_runs(
 
 
 def _new_scorer(model: nn.Module, seed: int, device: torch.device) -> LMScorer:
+    """A fresh scorer, fp32 whatever the base weights' dtype (float64 only for an exact float64 model)."""
+    dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return LMScorer(model.config.hidden_size).to(device=device, dtype=next(model.parameters()).dtype)
+        return LMScorer(model.config.hidden_size).to(device=device, dtype=dtype)
 
 
 def _trained_state(model: nn.Module, output_dir: Path, method: str, seed: int, steps: int) -> LMScorer | None:

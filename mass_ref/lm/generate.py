@@ -17,6 +17,12 @@ Everything here runs in ``torch.no_grad`` with the model temporarily in eval mod
 plain ``LlamaForCausalLM`` and for a peft-wrapped one, and is deterministic on the CPU: greedy
 decoding always, sampling for a fixed ``(seed, batch_size)`` (the global RNG is left untouched).
 
+Only the rules above apply, whatever model: each call builds its own ``GenerationConfig`` (no
+repetition penalty, no top-k, top-p 1 unless asked) and hides the model's ``generation_config``
+while it runs. A hub model ships one (Qwen2.5-Instruct's sets a repetition penalty, top_k 20, top_p 0.8
+and temperature 0.7), and transformers >= 5 fills every setting a call leaves unset from it, so greedy
+answers would otherwise depend on a penalty and τ-samples on a top-k cut nobody asked for.
+
 Introduced in notebooks/04_lm_test_time_training.ipynb.
 """
 
@@ -28,7 +34,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from mass_ref.lm.sft import left_pad_prompts
 from mass_ref.tasks.verify import is_correct
@@ -63,7 +69,7 @@ def generate_answers(
     Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     _check_sizes(max_new_tokens, batch_size)
-    options = dict(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
+    options = dict(do_sample=False)
     return list(_generate(model, tokenizer, list(prompts), max_new_tokens, batch_size, add_bos, options))
 
 
@@ -101,7 +107,7 @@ def sample_answers(
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1]; got {top_p!r}.")
     repeated = [p for p in prompts for _ in range(num_samples)]
-    options = dict(do_sample=True, num_beams=1, temperature=float(temperature), top_p=float(top_p), top_k=0)
+    options = dict(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
     device = _device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -162,24 +168,66 @@ def _generate(
     add_bos: bool,
     options: dict[str, Any],
 ) -> Iterator[str]:
-    """Yield the continuation text of each prompt, in order, generating ``batch_size`` prompts at a time."""
+    """Yield the continuation text of each prompt, in order, generating ``batch_size`` prompts at a time.
+
+    ``options``: ``do_sample`` and, when sampling, ``temperature``, ``top_p``, ``top_k`` (see
+    :func:`_generation_config`).
+    """
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     device = _device(model)
-    with eval_mode(model), torch.no_grad():
+    config = _generation_config(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos, **options)
+    with eval_mode(model), torch.no_grad(), _without_model_generation_config(model):
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             input_ids, attention_mask = left_pad_prompts(tokenizer, chunk, add_bos=add_bos)
             output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad,
-                eos_token_id=eos,
-                **options,
-            )
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config)
             for row in output[:, input_ids.shape[1] :].tolist():
                 yield tokenizer.decode(row, skip_special_tokens=True)
+
+
+def _generation_config(
+    *,
+    do_sample: bool,
+    max_new_tokens: int,
+    pad_token_id: int | None,
+    eos_token_id: int | None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+) -> GenerationConfig:
+    """A fresh ``GenerationConfig`` with every setting that changes the next-token rule explicit.
+
+    Greedy (``do_sample=False``) is the plain argmax; sampling is softmax(z / τ), cut only to the
+    nucleus ``top_p`` and (``top_k`` > 0) to the top k. No repetition penalty, one beam, one sequence.
+    """
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
+    return GenerationConfig(
+        do_sample=do_sample, num_beams=1, num_return_sequences=1, max_new_tokens=max_new_tokens,
+        pad_token_id=pad_token_id, eos_token_id=eos_token_id, repetition_penalty=1.0, **sampling)
+
+
+@contextlib.contextmanager
+def _without_model_generation_config(model: nn.Module) -> Iterator[None]:
+    """Swap the model's ``generation_config`` for an empty one inside the block.
+
+    transformers (>= 5) fills each setting left unset (None) in the config passed to ``generate``
+    from the model's own one, and some settings (``suppress_tokens``, ``min_p``, ...) are "off" only
+    when None: hiding the model's config is the one way to leave none of them inherited. A peft model
+    reads the config of the model it wraps.
+    """
+    get_base = getattr(model, "get_base_model", None)
+    owner = get_base() if callable(get_base) else model
+    saved = getattr(owner, "generation_config", None)
+    if saved is None:
+        yield
+        return
+    owner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        owner.generation_config = saved
 
 
 @contextlib.contextmanager

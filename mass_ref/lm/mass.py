@@ -32,19 +32,19 @@ Introduced in notebooks/05_mass_llm.ipynb.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from mass_ref.grpo import clipped_policy_loss, group_advantages
-from mass_ref.lm.amp import check_precision
+from mass_ref.lm.amp import check_precision, fp32_scope
 from mass_ref.lm.formats import PromptFormat
 from mass_ref.lm.generate import sample_answers
+from mass_ref.lm.memory import layer_checkpointing
 from mass_ref.lm.models import lora_parameters, require_eager_attention
 from mass_ref.lm.practice import (check_practice_kind, parse_practice_completion, practice_is_right, practice_prompt_for,
                                   scorer_context)
@@ -166,38 +166,6 @@ def completion_logprobs(
     return -sft_losses_per_example(forward, batch)
 
 
-@contextlib.contextmanager
-def layer_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Within the block, recompute each transformer layer in the backward pass instead of storing it.
-
-    transformers' gradient checkpointing (non-reentrant ``torch.utils.checkpoint``), which acts only
-    in train mode: the model is put in train mode for the block and restored after. Use it around
-    first-order backward passes only: ``torch.func`` transforms (the differentiable inner loop)
-    cannot run through ``torch.utils.checkpoint``, which is why it is not switched on for good.
-    """
-    if not enabled:
-        yield
-        return
-    was_training = model.training
-    base = next(m for m in model.modules() if isinstance(m, PreTrainedModel))
-    had_input_hooks = bool(getattr(base, "_require_grads_hooks", None))
-    new_api = hasattr(base, "activation_checkpointing_enable")  # transformers >= 5 renamed it
-    non_reentrant = {"use_reentrant": False}
-    if new_api:
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
-    else:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
-    disable = base.activation_checkpointing_disable if new_api else base.gradient_checkpointing_disable
-    model.train()
-    try:
-        yield
-    finally:
-        disable()
-        if not had_input_hooks:  # enable() also hooks the embeddings' output, which torch.func cannot run through
-            base.disable_input_require_grads()
-        model.train(was_training)
-
-
 def _adapted_answer_sampler(model: nn.Module, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
                             problem: ArithmeticProblem, config: LMMassConfig, seed: int,
                             answers: list[str]) -> Callable[[dict[str, Tensor]], None]:
@@ -259,22 +227,36 @@ def _sample_groups(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts
             for b, prompt in enumerate(prompts)]
 
 
-def _policy_update(model: nn.Module, optimizer: torch.optim.Optimizer, logp_fn: Callable[[], Tensor],
+def _policy_update(model: nn.Module, optimizer: torch.optim.Optimizer, logp_fn: Callable[[slice], Tensor],
                    advantages: Tensor, config: LMMassConfig, extra_loss: Callable[[], Tensor] | None,
                    average_gradients: GradientAverager | None) -> float:
-    """``ppo_epochs`` clipped GRPO updates of the LoRA tensors; returns the last surrogate loss."""
+    """``ppo_epochs`` clipped GRPO updates of the LoRA tensors; returns the last epoch's surrogate loss.
+
+    ``logp_fn(s)``: log π_φ of the sequences ``s`` (a slice of the n = len(advantages)), shape ``[len(s)]``.
+    They run ``config.micro_batch_size`` at a time: chunk C contributes (|C| / n) · L_clip(C), a forward
+    and a backward of its own, so Σ_C = L_clip over all n (a mean) and the summed gradient is the full
+    batch's, while only one chunk's activations are alive (:mod:`mass_ref.lm.memory`). π_old is each
+    chunk's own first-epoch log π (detached); γ·L_solve (``extra_loss``) is backpropagated once per epoch.
+    """
     params = list(lora_parameters(model).values())
+    n = advantages.shape[0]
+    size = config.micro_batch_size or n
+    chunks = [slice(start, min(start + size, n)) for start in range(0, n, size)]
+    logp_old: list[Tensor] = []
     value = 0.0
     for epoch in range(config.ppo_epochs):
+        grads = [torch.zeros_like(p) for p in params]
+        value = 0.0
         with layer_checkpointing(model, config.gradient_checkpointing):
-            logp = logp_fn()
-            if epoch == 0:  # the policy that sampled: π_old = π_φ before any update, no separate forward pass
-                logp_old = logp.detach()
-            loss = clipped_policy_loss(logp, logp_old, advantages, config.clip_eps)
-            value = loss.item()
+            for i, chunk in enumerate(chunks):
+                logp = logp_fn(chunk)
+                if epoch == 0:  # the policy that sampled: π_old = π_φ before any update, no separate forward pass
+                    logp_old.append(logp.detach())
+                loss = clipped_policy_loss(logp, logp_old[i], advantages[chunk], config.clip_eps) * (len(logp) / n)
+                value += loss.item()
+                grads = [t + g for t, g in zip(grads, torch.autograd.grad(loss, params))]  # φ only, not the base
             if extra_loss is not None:
-                loss = loss + extra_loss()
-            grads = torch.autograd.grad(loss, params)  # φ only: the frozen base gets no .grad
+                grads = [t + g for t, g in zip(grads, torch.autograd.grad(extra_loss(), params))]
         for p, g in zip(params, grads):
             p.grad = g
         if average_gradients is not None:
@@ -324,7 +306,8 @@ def lm_meta_step(
             if use_scorer:
                 features = scorer_features(model, tokenizer, examples, add_bos=fmt.add_bos,
                                            context=scorer_context(config.practice, problem.question))
-                weights = scorer(features.to(device))
+                with fp32_scope(device):  # s_i stay fp32 under a bf16 autocast (1/3 is not 0.33203125)
+                    weights = scorer(features.to(device, torch.float32))
             else:
                 weights = torch.full((len(valid),), 1.0 / len(valid), device=device, requires_grad=True)
             batch = sft_batch(tokenizer, examples, add_bos=fmt.add_bos).to(device)
@@ -366,7 +349,8 @@ def lm_meta_step(
         gold = sft_batch(tokenizer, [fmt.solve_pair(p.question, p.solution) for p in problems], add_bos=fmt.add_bos)
         policy_loss = _policy_update(
             model, optimizers["generator"],
-            lambda: completion_logprobs(model, tokenizer, fmt, flat_prompts, flat_completions, device=device),
+            lambda s: completion_logprobs(model, tokenizer, fmt, flat_prompts[s], flat_completions[s],
+                                          device=device),
             torch.cat(advantages).to(device), config,
             (lambda: config.gamma_solve * sft_losses_per_example(model, gold.to(device)).mean())
             if config.gamma_solve > 0 else None, average_gradients)
@@ -413,6 +397,6 @@ def solver_grpo_step(
     flat_answers = [a for group in answers for a in group]
     policy_loss = _policy_update(
         model, optimizers["generator"],
-        lambda: completion_logprobs(model, tokenizer, fmt, flat_prompts, flat_answers, device=device),
+        lambda s: completion_logprobs(model, tokenizer, fmt, flat_prompts[s], flat_answers[s], device=device),
         group_advantages(rewards).flatten().to(device), config, None, average_gradients)
     return {"answer_pass_rate": rewards.mean().item(), "policy_loss": policy_loss}

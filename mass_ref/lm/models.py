@@ -23,6 +23,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -294,16 +295,31 @@ def add_lora(
     the wrapped model initially computes exactly what ``model`` did). peft injects the adapters
     into ``model`` itself: keep an unwrapped copy if you need one. ``seed`` fixes A's init.
 
+    The adapters are fp32 master copies when the base is bf16 or fp16 (else they take the base's
+    dtype, e.g. float64): Adam's steps of ~lr = 1e-5 on entries of ~1e-2 are below bf16's resolution
+    (8 bits of mantissa) and would mostly round away. peft casts each adapter's input to its dtype.
+
     Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
     config = LoraConfig(
         r=r, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=dropout, task_type="CAUSAL_LM"
     )
-    if seed is None:
-        return get_peft_model(model, config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing` (v5)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
+    _lora_in_fp32(peft_model)
+    return peft_model
+
+
+def _lora_in_fp32(model: nn.Module) -> None:
+    """Cast half-precision LoRA tensors to fp32 in place (peft's ``autocast_adapter_dtype`` does it too;
+    this does not depend on a peft default)."""
+    for p in lora_parameters(model).values():
+        if p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
 
 
 def lora_parameters(model: nn.Module) -> dict[str, Tensor]:

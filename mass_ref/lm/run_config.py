@@ -24,14 +24,16 @@ from mass_ref.config import ConfigError, EvaluateSection, ExperimentConfig, chec
 from mass_ref.distributed import data_parallel_from_env
 from mass_ref.lm.experiment import EVAL_METHODS, TRAINED_METHODS, evaluate_lm_methods, evaluation_rows, train_lm_methods
 from mass_ref.lm.mass import LMMassConfig
+from mass_ref.lm.memory import (MemoryEstimate, ModelShape, generation_memory, meta_gradient_memory,
+                                 policy_chunk_memory, weights_memory)
 from mass_ref.lm.models import smollm2_gguf_path
 from mass_ref.lm.problems import LMDataSpec, ProblemSource
-from mass_ref.lm.spec import ALL_LINEAR, LMModelSpec, load_lm_for_mass
-from mass_ref.lm.summary import summarize_lm_methods
+from mass_ref.lm.spec import ALL_LINEAR, LMModelSpec, load_lm_for_mass, spec_device
+from mass_ref.lm.summary import run_environment, summarize_lm_methods
 from mass_ref.lm.tiny import TinyLMSpec, task_problems
 from mass_ref.run_folder import check_recorded_config, prepare_output_dir, write_atomically, write_metrics
 
-__all__ = ["CONFIG", "LMRunConfig", "Runs", "evaluate", "report", "train"]
+__all__ = ["CONFIG", "LMRunConfig", "Runs", "evaluate", "report", "run_memory_estimates", "train"]
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,8 @@ def evaluate(config: LMRunConfig, *, progress: bool = False) -> dict[str, float]
     """Accuracy of the base methods and of every trained one on held-out problems, pooled over seeds.
 
     Writes ``eval_seed<N>.json`` per seed (reused when present) and ``eval.json``
-    (:func:`~mass_ref.lm.summary.summarize_lm_methods`).
+    (:func:`~mass_ref.lm.summary.summarize_lm_methods`, with this evaluation's ``precision``, ``device`` and
+    ``device_name``: :func:`~mass_ref.lm.summary.run_environment`).
 
     Raises:
         ConfigError: ``output_dir`` holds another config, or unfinished training (naming each run).
@@ -186,13 +189,16 @@ def evaluate(config: LMRunConfig, *, progress: bool = False) -> dict[str, float]
             kept = {m: {key: r[key] for key in ("correct", "gold_loss", "auc")} for m, r in results.items()}
             write_atomically(path, json.dumps(kept) + "\n")
         per_seed[seed] = json.loads(path.read_text())
-    summary = summarize_lm_methods(per_seed)
+    summary = {**summarize_lm_methods(per_seed),
+               **run_environment(config.mass.precision, next(model.parameters()).device)}
     write_atomically(out / "eval.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def report(config: LMRunConfig, command: str, result: Any) -> None:
-    """Print what ``command`` ("train" or "evaluate") returned, for the command line."""
+    """Print what ``command`` ("train" or "evaluate") returned, for the command line, and in which precision."""
+    environment = run_environment(config.mass.precision, spec_device(config.model))
+    print(f"precision {environment['precision']} on {environment['device']} ({environment['device_name']})")
     if command == "train":
         for (method, seed), history in result.items():
             last = ", ".join(f"{key} {history[-1][key]:.3f}" for key in ("outer_loss", "answer_pass_rate")
@@ -238,3 +244,43 @@ def check_run_inputs(config: LMRunConfig, *, training: bool) -> None:
     if training and not os.access(existing, os.W_OK):
         raise ConfigError(f"output_dir {str(out)!r} cannot be written ({existing} is not writable); choose another "
                           "folder (--output-dir).")
+
+
+def run_memory_estimates(config: LMRunConfig, model_config: Any, *, prompt_tokens: int,
+                         auto_precision: str = "bf16") -> dict[str, MemoryEstimate]:
+    """Predicted peak bytes of each phase of one meta-step of ``config`` (:mod:`mass_ref.lm.memory`), and "peak".
+
+    Every phase's estimate includes the weights (base, LoRA, Adam). ``model_config``: the base model's
+    transformers config; ``prompt_tokens``: a prompt's length (a completion adds its max new tokens, the
+    worst case). Per problem (meta-gradients run one problem at a time; generation too with
+    ``per_problem_seeds``). Modes other than "unroll" are counted as "checkpointed" (first_order and
+    truncated hold no more); precision "auto" counts as ``auto_precision`` (bf16 on a GPU that has it).
+    """
+    mass, spec = config.mass, config.model
+    shape = ModelShape.from_config(model_config)
+    precision = auto_precision if mass.precision == "auto" else mass.precision
+    lora = dict(rank=spec.lora_rank, targets=spec.lora_targets, precision=precision)
+    weights = weights_memory(shape, rank=spec.lora_rank, targets=spec.lora_targets,
+                             weight_bytes=2 if spec.dtype in ("bfloat16", "float16") else 4)
+    practice, answer = prompt_tokens + mass.practice_max_new_tokens, prompt_tokens + mass.answer_max_new_tokens
+    per_step = 1 if mass.per_problem_seeds else mass.meta_batch_size
+    m, k = mass.num_synthetic, mass.num_answers
+    verifier = "mass" in config.methods
+    phases = {
+        "generate practice": generation_memory(shape, sequences=per_step * m, tokens=practice, precision=precision),
+        "generate answers": generation_memory(shape, sequences=per_step * k, tokens=answer, precision=precision),
+        "meta-gradient": meta_gradient_memory(
+            shape, "unroll" if mass.meta_gradient == "unroll" else "checkpointed", m=m, seq_len=practice,
+            supervised=mass.practice_max_new_tokens, num_steps=mass.num_inner_steps,
+            outer_sequences=k if verifier else 1, outer_seq_len=answer, outer_supervised=mass.answer_max_new_tokens,
+            **lora),
+        "generator policy update": policy_chunk_memory(
+            shape, sequences=min(mass.micro_batch_size or m * mass.meta_batch_size, m * mass.meta_batch_size),
+            seq_len=practice, supervised=mass.practice_max_new_tokens, checkpointing=mass.gradient_checkpointing,
+            **lora),
+        "solver policy update": policy_chunk_memory(
+            shape, sequences=min(mass.micro_batch_size or k * mass.meta_batch_size, k * mass.meta_batch_size),
+            seq_len=answer, supervised=mass.answer_max_new_tokens, checkpointing=mass.gradient_checkpointing, **lora),
+    }
+    estimates = {name: MemoryEstimate({**weights.parts, **phase.parts}) for name, phase in phases.items()}
+    return {**estimates, "peak": max(estimates.values(), key=lambda e: e.total)}

@@ -57,12 +57,13 @@ def scorer_features(
     """Features of m examples for :class:`LMScorer`, shape ``[m, H + NUM_STATS]`` (no grad, float32).
 
     ``context`` is prepended to every prompt (e.g. ``"Problem: T\\n"`` for related practice, so the
-    scorer sees the target). A peft model is read with its adapters disabled.
+    scorer sees the target). A peft model is read with its adapters disabled. Under a bf16 autocast the
+    forward runs in bf16, the features are still float32 (the scorer runs in fp32: :func:`~mass_ref.lm.amp.fp32_scope`).
     """
     if not examples:
         raise ValueError("examples is empty; the scorer needs at least one (prompt, answer) pair.")
     pairs = [(context + prompt, answer) for prompt, answer in examples]
-    votes = torch.tensor(answer_agreement([answer for _, answer in examples]))
+    votes = torch.tensor(answer_agreement([answer for _, answer in examples]), dtype=torch.float32)
     disable = getattr(model, "disable_adapter", None)
     device = next(model.parameters()).device
     rows = []

@@ -24,7 +24,7 @@ from mass_ref.lm.models import add_lora, load_lm, load_smollm2
 from mass_ref.lm.precision import use_exact_float64
 from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm
 
-__all__ = ["ALL_LINEAR", "DEVICES", "DTYPES", "MODEL_NAMES", "LMModelSpec", "load_lm_for_mass"]
+__all__ = ["ALL_LINEAR", "DEVICES", "DTYPES", "MODEL_NAMES", "LMModelSpec", "load_lm_for_mass", "spec_device"]
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The linear layers of a Llama-style block (both models' names): LoRA's default targets."""
@@ -45,8 +45,10 @@ class LMModelSpec:
             q/v alone barely moves the tiny LM's answers).
         hub_id: for "hub": a hub name (e.g. "Qwen/Qwen2.5-0.5B-Instruct") or a local folder
             written by ``save_pretrained``.
-        dtype: the weights' dtype: "float32", "bfloat16" (then keep ``autocast_bf16`` off: it is already
-            bf16) or "float64" (exact reductions, :func:`~mass_ref.lm.precision.use_exact_float64`: for tests).
+        dtype: the base weights' dtype: "float32" (the default; a bf16 compute comes from
+            ``LMMassConfig.precision``, :mod:`mass_ref.lm.amp`), "bfloat16" (half the weights' memory; the
+            LoRA tensors stay fp32 master copies, :func:`~mass_ref.lm.models.add_lora`) or "float64"
+            (exact reductions, :func:`~mass_ref.lm.precision.use_exact_float64`: for tests).
         device: "auto" (``cuda:LOCAL_RANK`` when CUDA is available, else the CPU), "cpu" or "cuda".
     """
 
@@ -97,5 +99,9 @@ def load_lm_for_mass(
         model, tokenizer = load_lm(spec.hub_id, dtype=dtype)
     fmt = chat_format(tokenizer) if getattr(tokenizer, "chat_template", None) else PLAIN
     model = add_lora(model, r=spec.lora_rank, alpha=spec.lora_alpha, target_modules=spec.lora_targets, seed=0)
-    device = local_device() if spec.device == "auto" else torch.device(spec.device)
-    return model.to(device), tokenizer, fmt
+    return model.to(spec_device(spec)), tokenizer, fmt
+
+
+def spec_device(spec: LMModelSpec) -> torch.device:
+    """The device :func:`load_lm_for_mass` puts the model on: ``spec.device``, "auto" resolved for this process."""
+    return local_device() if spec.device == "auto" else torch.device(spec.device)

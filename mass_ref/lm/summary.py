@@ -3,7 +3,8 @@
 :func:`summarize_lm_methods` turns :func:`~mass_ref.lm.experiment.evaluate_lm_methods`' per-problem
 answers into means with 95% intervals, and the paired differences that say where a gain comes
 from (:data:`~mass_ref.lm.experiment.PAIRED_DIFFERENCES`); :func:`model_results` prefixes one
-model's table for a notebook's results file.
+model's table for a notebook's results file; :func:`run_environment` says on what and in which
+precision the numbers were computed (``eval.json`` records it).
 
 Introduced in notebooks/05_mass_llm.ipynb.
 """
@@ -13,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
+from mass_ref.lm.amp import resolve_precision
 from mass_ref.lm.experiment import EVAL_METHODS, PAIRED_DIFFERENCES
 from mass_ref.results import mean_ci95
 
-__all__ = ["model_results", "summarize_lm_methods"]
+__all__ = ["model_results", "run_environment", "summarize_lm_methods"]
 
 
 def _paired(per_seed: dict[int, dict[str, dict[str, Any]]], seeds: list[int], a: str, b: str,
@@ -80,3 +84,18 @@ def model_results(name: str, table: dict[str, float], *, time_ratio: float, meth
             out[f"{name}_{key}"] = value
     out[f"{name}_methods_not_run"] = ", ".join(m for m in EVAL_METHODS if m not in methods) or "none"
     return out
+
+
+def run_environment(precision: str, device: torch.device | str) -> dict[str, str]:
+    """Where a run computed: ``{"precision": "bf16" | "fp32", "device": "cuda:0" | "cpu", "device_name": ...}``.
+
+    ``precision`` is ``LMMassConfig.precision`` resolved on ``device`` (:func:`~mass_ref.lm.amp.resolve_precision`:
+    "auto" is bf16 on a card with native bf16, else fp32): the precision of the meta-training steps on this
+    device (the evaluation's test-time updates and decoding run in the weights' dtype, without autocast);
+    ``device_name`` is the CUDA card's name, or "cpu".
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"precision": resolve_precision(precision, device), "device": str(device), "device_name": name}
