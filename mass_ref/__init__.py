@@ -29,12 +29,13 @@ from mass_ref.attribution import (
     query_loss_after_adapting,
 )
 from mass_ref import toy
-from mass_ref.checkpoint import fingerprint, load_checkpoint, resumable_loop, save_checkpoint
+from mass_ref.checkpoint import (UnreadableCheckpointError, fingerprint, load_checkpoint, resumable_loop,
+                                 save_checkpoint)
 from mass_ref.config import ConfigError, load_config, parse_config
 from mass_ref.distill import DistilledExamples, adapted_task_losses, distill_examples
 from mass_ref.grpo import clipped_policy_loss, group_advantages
-from mass_ref.inner import (BACKENDS, AdaptedModel, Trajectory, inner_adapt, inner_loss_of, sgd_trajectory,
-                            weighted_inner_loss)
+from mass_ref.inner import (BACKENDS, AdaptedModel, NonFiniteError, Trajectory, inner_adapt, inner_loss_of,
+                            sgd_trajectory, weighted_inner_loss)
 from mass_ref.stats import roc_auc, spearman
 from mass_ref.distributed import DataParallel, data_parallel_from_env, local_device
 from mass_ref.metagrad import META_GRADIENT_MODES, MetaGradient, check_meta_gradient_mode, weight_meta_gradient
@@ -70,9 +71,11 @@ from mass_ref.results import (
     project_root,
     results_path,
     run_directory,
+    save_figure,
     save_results,
     seed_everything,
 )
+from mass_ref.run_folder import AtomicWriteError, RunFolderInUse
 from mass_ref.tasks.sine import SineTasks, sample_sine_tasks, sine_function
 from mass_ref.toy.experiment import ToyRunConfig
 from mass_ref.training import adam_train
@@ -90,6 +93,11 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AtomicWriteError",
+    "NonFiniteError",
+    "RunFolderInUse",
+    "UnreadableCheckpointError",
+    "save_figure",
     "AdaptedModel",
     "AttributionSizes",
     "ConfigError",

@@ -32,6 +32,8 @@ import sys
 from typing import Any
 
 from mass_ref.config import ConfigError, experiment_module, load_config
+from mass_ref.inner import NonFiniteError
+from mass_ref.run_folder import AtomicWriteError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
                        if args.command == "train" else experiment.evaluate(config, progress=progress))
         if int(os.environ.get("RANK", "0")) == 0:  # one report under a data-parallel launcher
             experiment.report(config, args.command, result)
-    except ConfigError as error:
+    except ConfigError as error:  # a bad config, data file or folder: nothing was done
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (AtomicWriteError, NonFiniteError) as error:  # a fault during the run: the last checkpoint is intact
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

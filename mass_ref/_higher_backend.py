@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mass_ref.inner import PerExampleLoss, weighted_inner_loss
+from mass_ref.inner import PerExampleLoss, check_finite_trajectory, first_non_finite, weighted_inner_loss
 
 # transformers architectures higher has been checked to patch (GPT-2 without peft).
 HIGHER_SAFE_TRANSFORMERS = ("gpt2",)
@@ -56,7 +56,11 @@ def higher_inner_loop(
     num_steps: int,
     first_order: bool,
 ) -> dict[str, Tensor]:
-    """Run the inner loop with ``higher``; arguments as validated by ``inner_adapt``."""
+    """Run the inner loop with ``higher``; arguments as validated by ``inner_adapt``.
+
+    Raises:
+        ~mass_ref.inner.NonFiniteError: the loop diverged (names the step), as the kernel does.
+    """
     check_higher_can_patch(model)
     import higher
 
@@ -78,12 +82,17 @@ def higher_inner_loop(
     # First order keeps higher's graph (so θ_K still depends on θ_0 and α) but treats the inner
     # gradients as constants; track_higher_grads=False would instead cut θ_K off from θ_0.
     callback = _detach_all if first_order else None
+    states, losses = [start], []  # references to higher's own tensors: kept only to name a failing step
     with torch.enable_grad():  # the inner loop needs gradients even when called under no_grad
         for _ in range(num_steps):
             loss = weighted_inner_loss(loss_fn(fmodel, batch), weights)
             diffopt.step(loss, grad_callback=callback)
-    fast = dict(zip(named, fmodel.fast_params))
-    return {name: fast[name] for name in start}
+            fast = dict(zip(named, fmodel.fast_params))
+            states.append({name: fast[name] for name in start})
+            losses.append(loss.detach())
+    # the kernel's check, once after the last step (see mass_ref.inner.check_finite_trajectory)
+    check_finite_trajectory(losses, states[-1], locate=lambda: first_non_finite(states, losses, lrs))
+    return states[-1]
 
 
 def _detach_all(grads: Sequence[Tensor | None]) -> list[Tensor | None]:

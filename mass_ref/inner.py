@@ -26,12 +26,20 @@ Two interchangeable backends compute the same numbers:
   on any subset of the parameters (for example only the LoRA tensors). It composes with
   ``torch.func.vmap``, so a batch of tasks can be adapted in one call.
 
+Non-finite numbers are stopped, not returned: a NaN, infinite or non-positive learning rate
+(:func:`check_inner_lr`) and NaN or infinite weights (:func:`check_weights`) raise ``ValueError``
+before any work; a diverging loop raises :class:`NonFiniteError` naming the step where the loss or
+the parameters went non-finite (checked once after the last step, one host sync per call, see
+:func:`check_finite_trajectory`). Inside ``torch.func.vmap`` values cannot steer Python, so the
+checks are skipped there; vmapped callers check their outputs (e.g. the toy's ``adapt_and_predict``).
+
 Introduced in notebooks/01_maml_sine.ipynb.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Union
@@ -52,6 +60,105 @@ Params = dict[str, Tensor]
 """Parameter tensors by name, e.g. ``{"lin.weight": Tensor[out, in], ...}`` or a model's LoRA tensors."""
 
 BACKENDS = ("higher", "torch.func")
+
+
+class NonFiniteError(FloatingPointError):
+    """An inner loop went non-finite (NaN or ±inf).
+
+    Attributes:
+        step: the inner step k (0-based) at which it happened: the loss L_in(φ_k) it descended, or
+            the parameters φ_{k+1} it produced, was the first non-finite value; None if unknown.
+        what: which value: ``"loss"``, ``"parameters"`` or ``"start"`` (φ_0 itself), or a caller's word.
+    """
+
+    def __init__(self, message: str, *, step: int | None = None, what: str = "") -> None:
+        super().__init__(message)
+        self.step, self.what = step, what
+
+
+def _truth(flag: Tensor) -> bool | None:
+    """``bool(flag)``, or None inside ``torch.func.vmap`` (batched values cannot steer Python; grad/jvp allow it)."""
+    try:
+        return bool(flag)
+    except RuntimeError as error:
+        if "vmap" in str(error):
+            return None
+        raise
+
+
+def tensor_is_inspectable(tensor: Tensor) -> bool:
+    """Whether Python may branch on ``tensor``'s values: False inside ``torch.func.vmap``, where checks are skipped."""
+    return _truth(tensor.reshape(-1)[:1].sum() == 0) is not None  # one element: cheap
+
+
+def check_weights(weights: Tensor | None) -> None:
+    """Reject NaN or infinite example weights (before any work), naming them; skipped inside ``vmap``."""
+    finite = None if weights is None else torch.isfinite(weights.detach())
+    if finite is not None and _truth(finite.all()) is False:
+        bad = (~finite).nonzero().reshape(-1).tolist()
+        raise ValueError(f"weights must be finite; entries {bad[:10]} are {weights.detach()[~finite][:10].tolist()}. "
+                         "Check what computed them (a scorer that diverged, a division by zero).")
+
+
+def check_inner_lr(inner_lr: float | Tensor, what: str = "inner_lr") -> None:
+    """Reject a learning rate that is not a finite positive number (every entry, for a tensor); skipped inside vmap."""
+    if isinstance(inner_lr, Tensor):
+        lr = inner_lr.detach()
+        if _truth((torch.isfinite(lr) & (lr > 0)).all()) is False:
+            raise ValueError(f"{what} must be finite and positive; got a tensor with values {lr.tolist()}.")
+        return
+    if isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float)):
+        raise ValueError(f"{what} must be a float, a tensor or a {{name: lr}} mapping; got {inner_lr!r}.")
+    if not (math.isfinite(inner_lr) and inner_lr > 0):
+        raise ValueError(f"{what} must be finite and positive; got {inner_lr!r}. Use a step size such as 0.01.")
+
+
+def check_finite_trajectory(losses: Sequence[Tensor], final: Mapping[str, Tensor], *,
+                            locate: Callable[[], NonFiniteError]) -> None:
+    """Raise ``locate()`` unless every loss and every final parameter is finite: one host sync.
+
+    Why this suffices for SGD: once an entry of φ is NaN or ±inf, every later step keeps it
+    non-finite (x − α·g with α > 0 finite: ∞ − finite = ∞, ∞ − ∞ = NaN, NaN stays NaN), and a
+    non-finite gradient makes the next φ non-finite the same way. So a finite φ_K and finite losses
+    L_in(φ_0..φ_{K−1}) mean that no loss, gradient or parameter of the loop was ever non-finite.
+    Each tensor is reduced by one ``sum`` (in at least float32), which is non-finite exactly when an
+    entry is, or when finite entries add up past the float range (|Σ| > 3e38: diverged as well); then
+    one ``isfinite`` over the stacked sums and one sync. Skipped (returns) inside ``vmap``.
+    """
+    sums = [loss.detach() for loss in losses]
+    sums += [p.detach().sum(dtype=torch.promote_types(p.dtype, torch.float32)) for p in final.values()]
+    if not sums:
+        return
+    if _truth(torch.isfinite(torch.stack(sums)).all()) is False:  # None inside vmap: no check there
+        raise locate()
+
+
+def first_non_finite(params: Sequence[Params], losses: Sequence[Tensor], inner_lr: object) -> NonFiniteError:
+    """The error naming the first non-finite value of φ_0..φ_K and their K losses (failure path: syncs per step)."""
+    hint = (f"The inner loop diverged: lower inner_lr (now {_describe_lr(inner_lr)}) or the number of steps, "
+            "or check the data and weights.")
+    bad_start = [name for name, p in params[0].items() if not bool(torch.isfinite(p.detach()).all())]
+    if bad_start:
+        return NonFiniteError(f"the starting parameters φ_0 are non-finite ({', '.join(bad_start[:5])}) "
+                              "before any inner step.", step=0, what="start")
+    for k, loss in enumerate(losses):
+        if not bool(torch.isfinite(loss).all()):
+            return NonFiniteError(f"inner step {k}: the inner loss L_in(φ_{k}) is {loss.item()}. {hint}",
+                                  step=k, what="loss")
+        bad = [name for name, p in params[k + 1].items() if not bool(torch.isfinite(p.detach()).all())]
+        if bad:
+            return NonFiniteError(f"inner step {k}: the parameters φ_{k + 1} went non-finite ({', '.join(bad[:5])}) "
+                                  f"though the loss was {loss.item():.4g} (the gradient or α·∇ overflowed). {hint}",
+                                  step=k, what="parameters")
+    return NonFiniteError(f"the inner loop's parameters grew past the float range (their sum overflowed). {hint}",
+                          step=len(losses) - 1 if losses else None, what="parameters")
+
+
+def _describe_lr(inner_lr: object) -> str:
+    if isinstance(inner_lr, Mapping):
+        values = {_describe_lr(v) for v in inner_lr.values()}
+        return next(iter(values)) if len(values) == 1 else f"per tensor, {sorted(values)[:4]}"
+    return f"{inner_lr.detach().reshape(-1)[:4].tolist()}" if isinstance(inner_lr, Tensor) else repr(inner_lr)
 
 
 @dataclass
@@ -123,8 +230,8 @@ def sgd_trajectory(
     Args:
         inner_loss: φ ↦ L_in(φ), a scalar; see :func:`inner_loss_of` for Σ_i w_i ℓ_i(φ) of a model.
         start: φ_0, ``{name: tensor}``.
-        inner_lr: α: a float, a scalar tensor, or ``{name: lr}`` with an entry for every name of ``start``.
-            No checks here; the public callers validate it.
+        inner_lr: α: a float, a scalar tensor, or ``{name: lr}`` with an entry for every name of ``start``;
+            every value finite and positive (:func:`check_inner_lr`, checked before any step).
         num_steps: K ≥ 0.
         differentiable: True keeps the autograd graph, so φ_K is a function of φ_0, α and whatever
             ``inner_loss`` closes over (the weights w): ``torch.func.grad`` nests inside autograd.
@@ -135,8 +242,17 @@ def sgd_trajectory(
 
     Returns:
         :class:`Trajectory` with φ_0..φ_K and the K losses.
+
+    Raises:
+        ValueError: an ``inner_lr`` value that is NaN, infinite or not positive.
+        NonFiniteError: the loop went non-finite, naming the step k and whether the loss L_in(φ_k)
+            or the parameters φ_{k+1} did first. Checked once after the last step
+            (:func:`check_finite_trajectory`: one host sync per call, none per step); skipped
+            inside ``torch.func.vmap``, where the caller must check its outputs.
     """
     lrs = inner_lr if isinstance(inner_lr, Mapping) else {name: inner_lr for name in start}
+    for name, lr in lrs.items():
+        check_inner_lr(lr, f"inner_lr[{name!r}]" if isinstance(inner_lr, Mapping) else "inner_lr")
     phi = dict(start) if differentiable else {name: t.detach() for name, t in start.items()}
     grad_and_loss = torch.func.grad_and_value(inner_loss)
     params, losses = [phi], []
@@ -149,6 +265,7 @@ def sgd_trajectory(
             phi = {name: p.detach() for name, p in phi.items()}
         params.append(phi)
         losses.append(loss.detach())
+    check_finite_trajectory(losses, phi, locate=lambda: first_non_finite(params, losses, inner_lr))
     return Trajectory(params, losses)
 
 
@@ -202,7 +319,9 @@ def inner_adapt(
         :class:`AdaptedModel` whose ``params`` hold θ_K for the adapted names.
 
     Raises:
-        ValueError: bad ``inner_lr``, ``num_steps``, ``weights`` shape, ``backend`` or ``params``.
+        ValueError: bad ``inner_lr`` (also NaN or infinite), ``num_steps``, ``weights`` (shape, NaN or
+            infinite entries), ``backend`` or ``params``.
+        NonFiniteError: the inner loop diverged (names the step); not checked inside ``vmap``.
 
     Introduced in notebooks/01_maml_sine.ipynb.
     """
@@ -217,6 +336,7 @@ def inner_adapt(
             f"weights must be a vector with one weight per example, shape [n]; got shape "
             f"{tuple(weights.shape)}."
         )
+    check_weights(weights)
     if backend == "higher":
         from mass_ref._higher_backend import higher_inner_loop
 
@@ -263,22 +383,8 @@ def _per_param_lr(inner_lr: LearningRate, params: dict[str, Tensor]) -> dict[str
                 f"{missing}, unexpected {extra}."
             )
         for name, lr in inner_lr.items():
-            _check_positive(lr, f"inner_lr[{name!r}]")
+            check_inner_lr(lr, f"inner_lr[{name!r}]")
         return {name: inner_lr[name] for name in params}
-    _check_positive(inner_lr, "inner_lr")
+    check_inner_lr(inner_lr, "inner_lr")
     return {name: inner_lr for name in params}
 
-
-def _check_positive(lr: float | Tensor, what: str) -> None:
-    if isinstance(lr, Tensor):
-        try:
-            bad = bool((lr <= 0).any())
-        except RuntimeError:  # value hidden inside a torch.func transform: cannot be inspected
-            return
-        if bad:
-            raise ValueError(f"{what} must be positive; got a tensor with values {lr.detach().tolist()}.")
-        return
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-        raise ValueError(f"{what} must be a float, a tensor or a {{name: lr}} mapping; got {lr!r}.")
-    if not lr > 0:
-        raise ValueError(f"{what} must be positive; got {lr!r}. Use a step size such as 0.01.")

@@ -2,7 +2,9 @@
 
 Every notebook ends with ``save_results(stem, {...}, profile=PROFILE)``, which writes a flat JSON
 dict to ``results/<profile>/<stem>.json`` under the project root (README and docs quote the cpu
-files). Figures go to ``figures/<profile>/<stem>_<name>.png``.
+files). Figures go to ``figures/<profile>/<stem>_<name>.png`` (:func:`save_figure`). Both are
+written atomically (a temporary file in the same folder, then a rename): a notebook interrupted
+while saving leaves the previous file whole and no temporary file behind.
 
 Introduced in notebooks/01_maml_sine.ipynb.
 """
@@ -16,10 +18,13 @@ import os
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import stats
+
+from mass_ref.run_folder import atomic_write
 
 ROOT_ENV_VAR = "MASS_REF_ROOT"
 
@@ -68,8 +73,9 @@ def save_results(stem: str, metrics: Mapping[str, float | int | str | bool], *, 
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"results[{key!r}] is {value}; only finite numbers can be saved.")
     path = results_path(stem, profile)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n")
+    text = json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n"
+    with atomic_write(path, text=True) as file:  # an interrupted save leaves the old file, not half a new one
+        file.write(text)
     return path
 
 
@@ -82,6 +88,18 @@ def figure_path(stem: str, name: str, *, profile: str) -> Path:
     """``<root>/figures/<profile>/<stem>_<name>.png`` (the folder is created)."""
     path = project_root() / "figures" / profile / f"{stem}_{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_figure(figure: Any, stem: str, name: str, *, profile: str, **savefig: Any) -> Path:
+    """Save a matplotlib ``figure`` as PNG to :func:`figure_path` atomically; return the path.
+
+    ``savefig`` goes to ``figure.savefig`` (e.g. ``dpi=120``). Unlike ``figure.savefig(figure_path(...))``,
+    an interrupted or failed save leaves the previous PNG whole and no temporary file.
+    """
+    path = figure_path(stem, name, profile=profile)
+    with atomic_write(path) as file:
+        figure.savefig(file, format="png", **savefig)
     return path
 
 

@@ -6,6 +6,7 @@ The smoke config's tiny LM is pretrained once per module into a tmp cache (about
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -252,3 +253,14 @@ def test_bad_data_model_or_folder_fails_before_any_work_with_one_message(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and all(w in err for w in words), err
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # no work was done
+
+
+def test_a_second_lm_train_on_a_folder_in_use_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mass_ref.run_folder import run_lock
+
+    config = _gpu_smoke_with(tmp_path)
+    with run_lock(tmp_path / "run"):  # as if another `train` were running on this folder
+        assert main(["train", "--config", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "train.lock" in err and str(os.getpid()) in err, err
+    assert not list((tmp_path / "run").glob("*.pt"))  # refused before any training

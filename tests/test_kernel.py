@@ -14,6 +14,7 @@ import torch
 
 from mass_ref import (alignment_attributions, example_attributions, inner_adapt, inner_loss_of, mse_per_example,
                       sgd_trajectory, weighted_inner_loss)
+from mass_ref.inner import NonFiniteError
 from mass_ref.maml import sine_mlp
 from mass_ref.metagrad import weight_meta_gradient
 from mass_ref.toy import ToyMassConfig, sample_sine_problems, synthetic_attributions
@@ -157,3 +158,87 @@ def test_a_constant_outer_loss_has_zero_meta_gradients(mode: str) -> None:
                                 weights=weights, inner_lr=0.3, num_steps=2, params=params, mode=mode)
     assert meta.outer_loss.item() == 0.0 and not meta.weights.any()
     assert all(not g.any() for g in meta.params.values())
+
+
+# --- non-finite inputs and a diverging inner loop (issue 14) -------------------------------------------------------
+
+
+def _sine_task(seed: int = 0):
+    torch.manual_seed(seed)
+    model = sine_mlp()
+    x = torch.linspace(-5, 5, 10).view(-1, 1)
+    return model, (x, torch.sin(x))
+
+
+@pytest.mark.parametrize("backend", ["torch.func", "higher"])
+def test_a_diverging_inner_loop_names_the_step_instead_of_returning_nan(backend: str) -> None:
+    model, batch = _sine_task()
+    with pytest.raises(NonFiniteError, match=r"inner step \d+: .*inner_lr \(now 1000") as caught:
+        inner_adapt(model, mse_per_example, batch, inner_lr=1e3, num_steps=5, backend=backend)
+    assert caught.value.step is not None and 0 <= caught.value.step < 5
+    assert caught.value.what in ("loss", "parameters")
+    assert isinstance(caught.value, FloatingPointError)
+    adapted = inner_adapt(model, mse_per_example, batch, inner_lr=1e-2, num_steps=5, backend=backend)  # still fine
+    assert all(torch.isfinite(p).all() for p in adapted.params.values())
+
+
+def test_the_kernel_locates_the_first_non_finite_step() -> None:
+    start = {"x": torch.tensor([1.0])}
+    # L = x² until x passes 10, then log(-1) = NaN: the loss of step 2 (x = 1 → -5 → 25) is the first NaN
+    loss = lambda p: torch.where(p["x"].abs() > 10, torch.log(-p["x"].abs()), p["x"] ** 2).sum()  # noqa: E731
+    with pytest.raises(NonFiniteError, match=r"inner step 2: the inner loss L_in\(φ_2\) is nan") as caught:
+        sgd_trajectory(loss, start, inner_lr=3.0, num_steps=4)
+    assert (caught.value.step, caught.value.what) == (2, "loss")
+    # finite losses but a step that overflows float32: the parameters are named
+    with pytest.raises(NonFiniteError, match=r"inner step 0: the parameters φ_1 went non-finite \(x\)") as caught:
+        sgd_trajectory(lambda p: (p["x"] * 1e30).sum(), start, inner_lr=1e10, num_steps=2)
+    assert (caught.value.step, caught.value.what) == (0, "parameters")
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -0.1, 0.0])
+def test_nan_infinite_or_non_positive_learning_rates_are_refused_before_any_work(lr: float) -> None:
+    calls = []
+
+    def loss(p):
+        calls.append(1)
+        return p["x"].pow(2).sum()
+
+    for value in (lr, torch.tensor(lr), {"x": lr}):
+        with pytest.raises(ValueError, match="inner_lr.*finite and positive"):
+            sgd_trajectory(loss, {"x": torch.ones(2)}, inner_lr=value, num_steps=2)
+    model, batch = _sine_task()
+    for backend in ("torch.func", "higher"):
+        with pytest.raises(ValueError, match="inner_lr.*finite and positive"):
+            inner_adapt(model, mse_per_example, batch, inner_lr=torch.tensor(lr), backend=backend)
+    assert not calls
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("backend", ["torch.func", "higher"])
+def test_nan_or_infinite_weights_are_refused_naming_the_entry(bad: float, backend: str) -> None:
+    model, batch = _sine_task()
+    weights = torch.full((10,), 0.1)
+    weights[3] = bad
+    with pytest.raises(ValueError, match=rf"weights must be finite; entries \[3\] are \[{bad}\]"):
+        inner_adapt(model, mse_per_example, batch, inner_lr=0.01, weights=weights, backend=backend)
+
+
+def test_the_checks_are_skipped_inside_vmap_and_keep_grad_working() -> None:
+    """Inside vmap a tensor cannot steer Python: the kernel returns (NaN) instead of failing on its own check."""
+    model, (x, y) = _sine_task()
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def adapted_prediction(xs, ys, ws):
+        adapted = inner_adapt(model, mse_per_example, (xs, ys), inner_lr=1e3, num_steps=5, weights=ws,
+                              backend="torch.func", params=params)
+        return adapted(xs)[0, 0]
+
+    out = torch.func.vmap(adapted_prediction)(x.expand(2, 10, 1), y.expand(2, 10, 1), torch.full((2, 10), 0.1))
+    assert not torch.isfinite(out).any()
+    # under torch.func.grad (no vmap) the check runs, and a finite loop passes through it
+    grad_w = torch.func.grad(lambda w: inner_adapt(model, mse_per_example, (x, y), inner_lr=0.01, num_steps=2,
+                                                   weights=w, backend="torch.func", params=params)(x).sum())
+    assert torch.isfinite(grad_w(torch.full((10,), 0.1))).all()
+    with pytest.raises(NonFiniteError):
+        torch.func.grad(lambda w: inner_adapt(model, mse_per_example, (x, y), inner_lr=1e3, num_steps=5, weights=w,
+                                              backend="torch.func", params=params)(x).sum())(torch.full((10,), 0.1))

@@ -31,7 +31,7 @@ from mass_ref.lm.problems import LMDataSpec, ProblemSource
 from mass_ref.lm.spec import ALL_LINEAR, LMModelSpec, load_lm_for_mass, spec_device
 from mass_ref.lm.summary import run_environment, summarize_lm_methods
 from mass_ref.lm.tiny import TinyLMSpec, task_problems
-from mass_ref.run_folder import check_recorded_config, prepare_output_dir, write_atomically, write_metrics
+from mass_ref.run_folder import check_recorded_config, prepare_output_dir, run_lock, write_atomically, write_metrics
 
 __all__ = ["CONFIG", "LMRunConfig", "Runs", "evaluate", "report", "run_memory_estimates", "train"]
 
@@ -133,8 +133,16 @@ def train(config: LMRunConfig, *, progress: bool = True, stop_after: int | None 
     check_run_inputs(config, training=True)
     parallel = data_parallel_from_env()
     if not parallel.is_main:
+        return _train(config, parallel, Path(config.output_dir), progress, stop_after)
+    out = prepare_output_dir(config)
+    with run_lock(out):  # a second `train` on this folder is refused; a killed run's lock is taken over
+        return _train(config, parallel, out, progress, stop_after)
+
+
+def _train(config: LMRunConfig, parallel: Any, out: Path, progress: bool, stop_after: int | None) -> Runs:
+    """:func:`train` after the checks, in the prepared (rank 0: locked) output folder."""
+    if not parallel.is_main:
         parallel.barrier()  # rank 0 first creates the folder and fills the model cache, then the others load
-    out = prepare_output_dir(config) if parallel.is_main else Path(config.output_dir)
     runs = _recorded_runs(out)
     model, tokenizer, fmt = load_lm_for_mass(config.model, config.cache_dir, progress=progress and parallel.is_main)
     if parallel.is_main:

@@ -33,6 +33,7 @@ Introduced in notebooks/04_lm_test_time_training.ipynb.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -40,7 +41,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from mass_ref.inner import inner_loss_of, sgd_trajectory, weighted_inner_loss
+from mass_ref.inner import (NonFiniteError, check_finite_trajectory, check_inner_lr, check_weights, inner_loss_of,
+                            sgd_trajectory, weighted_inner_loss)
 from mass_ref.lm.generate import default_gold, eval_mode, generate_answers
 from mass_ref.lm.models import lora_parameters
 from mass_ref.lm.sft import SFTBatch, sft_batch, sft_losses_per_example
@@ -80,6 +82,12 @@ def lora_sft_steps(
 
     Returns:
         The weighted loss L(φ_t) before each step t (``num_steps`` floats).
+
+    Raises:
+        ValueError: a bad ``optimizer``, ``num_steps``, ``lr`` (also NaN or infinite) or ``weights``
+            (wrong shape, NaN or infinite entries), before any work.
+        ~mass_ref.inner.NonFiniteError: the steps diverged (names the step); φ is then left as it
+            was before the call (SGD) or at the last step (Adam; :func:`adapted_lora` restores it).
 
     Introduced in notebooks/04_lm_test_time_training.ipynb.
     """
@@ -128,7 +136,13 @@ def lora_sft_steps_on_batch(
                 for p, g in zip(params, grads):
                     p.grad = g
                 opt.step()
-                losses.append(loss.item())
+                losses.append(loss.item())  # Adam's loop always synced here, so this loss check costs nothing
+                if not math.isfinite(losses[-1]):
+                    raise NonFiniteError(f"test-time Adam step {len(losses) - 1}: the loss is {losses[-1]}; lower "
+                                         f"lr (now {lr!r}).", step=len(losses) - 1, what="loss")
+        check_finite_trajectory([], lora, locate=lambda: NonFiniteError(
+            f"test-time Adam: the LoRA tensors went non-finite within {num_steps} steps though every loss was "
+            f"finite; lower lr (now {lr!r}).", step=None, what="parameters"))
     finally:
         for p, g in zip(params, saved_grads):
             p.grad = g
@@ -229,8 +243,9 @@ def _check_step_args(optimizer: str, num_steps: int, lr: float) -> None:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {optimizer!r}.")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be an integer >= 0; got {num_steps!r}.")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive; got {lr!r}. Test-time LoRA typically needs about 1e-2.")
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be finite and positive; got {lr!r}. Test-time LoRA typically needs about 1e-2.")
+    check_inner_lr(lr, "lr")
 
 
 def _lora_or_raise(model: nn.Module) -> dict[str, Tensor]:
@@ -248,4 +263,5 @@ def _weights(
     w = torch.as_tensor(weights, dtype=dtype, device=device).detach()
     if w.shape != (m,):
         raise ValueError(f"weights must have one entry per example, shape ({m},); got shape {tuple(w.shape)}.")
+    check_weights(w)
     return w

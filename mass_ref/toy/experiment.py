@@ -26,8 +26,9 @@ from torch import nn
 
 from mass_ref.checkpoint import load_checkpoint, save_checkpoint
 from mass_ref.config import ConfigError, EvaluateSection, ExperimentConfig, check_positive_int
+from mass_ref.inner import NonFiniteError
 from mass_ref.results import mean_ci95
-from mass_ref.run_folder import check_recorded_config, prepare_output_dir, write_atomically, write_metrics
+from mass_ref.run_folder import check_recorded_config, prepare_output_dir, run_lock, write_atomically, write_metrics
 from mass_ref.toy.base import base_state, build_toy_base, load_base_state
 from mass_ref.toy.evaluate import base_errors, synthetic_errors
 from mass_ref.toy.generator import SineGenerator
@@ -90,18 +91,29 @@ def train(config: ToyRunConfig, *, progress: bool = True, stop_after: int | None
 
     ``stop_after`` stops after that many meta-steps in all (checkpointed), to interrupt on purpose.
     Returns one dict of diagnostics per meta-step (also in ``metrics.jsonl``).
+
+    Raises:
+        ~mass_ref.run_folder.RunFolderInUse: another ``train`` is writing ``output_dir``
+            (:func:`~mass_ref.run_folder.run_lock`, held for the whole run).
+        ConfigError: the inner loop diverged (names the meta-step, the inner step and ``mass.inner_lr``).
     """
-    out = prepare_output_dir(config)
-    learner, generator_model = base_models(config, out, progress=progress)
-    torch.manual_seed(config.seed)  # the scorer's initial weights
-    generator_model, scorer = copy.deepcopy(generator_model), SineScorer()
+    with run_lock(Path(config.output_dir)):
+        out = prepare_output_dir(config)
+        learner, generator_model = base_models(config, out, progress=progress)
+        torch.manual_seed(config.seed)  # the scorer's initial weights
+        generator_model, scorer = copy.deepcopy(generator_model), SineScorer()
 
-    def on_checkpoint(history: list[dict[str, float]]) -> None:
-        write_metrics(out, ({"step": i + 1, **metrics} for i, metrics in enumerate(history)))
+        def on_checkpoint(history: list[dict[str, float]]) -> None:
+            write_metrics(out, ({"step": i + 1, **metrics} for i, metrics in enumerate(history)))
 
-    return train_toy_mass(learner, generator_model, scorer, config.mass, steps=config.steps, seed=config.seed,
-                          checkpoint_path=out / "checkpoint.pt", checkpoint_every=config.checkpoint_every,
-                          stop_after=stop_after, progress=progress, on_checkpoint=on_checkpoint)
+        try:
+            return train_toy_mass(learner, generator_model, scorer, config.mass, steps=config.steps,
+                                  seed=config.seed, checkpoint_path=out / "checkpoint.pt",
+                                  checkpoint_every=config.checkpoint_every, stop_after=stop_after, progress=progress,
+                                  on_checkpoint=on_checkpoint)
+        except NonFiniteError as error:  # a config problem: say which field, not a torch traceback
+            raise ConfigError(f"training diverged: {error} Set a smaller mass.inner_lr (or fewer "
+                              "mass.num_inner_steps) in the config; the checkpoints so far are kept.") from error
 
 
 def evaluate(config: ToyRunConfig, *, progress: bool = False) -> dict[str, float]:

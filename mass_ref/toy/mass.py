@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from mass_ref.checkpoint import resumable_loop
 from mass_ref.grpo import clipped_policy_loss, group_advantages
-from mass_ref.inner import BACKENDS, inner_adapt
+from mass_ref.inner import BACKENDS, NonFiniteError, inner_adapt, tensor_is_inspectable
 from mass_ref.maml import mse_per_example
 from mass_ref.toy.generator import SineGenerator
 from mass_ref.toy.problems import SineProblems, sample_sine_problems
@@ -120,6 +120,12 @@ def adapt_and_predict(
     ``backend="torch.func"`` adapts all problems in one ``vmap``; ``"higher"`` loops over problems (same
     numbers). The default is the fast path because test-time evaluation needs no second-order graph;
     meta-training passes ``ToyMassConfig.backend``.
+
+    Raises:
+        ~mass_ref.inner.NonFiniteError: an inner loop diverged (e.g. ``inner_lr`` too large), naming the
+            problem and the inner step. Inside vmap the kernel cannot check itself, so the predictions
+            are checked after it (one host sync) and a failing problem is re-run alone to find the step;
+            a prediction that overflows from finite parameters is reported as such.
     """
     start = frozen_params(learner)
 
@@ -129,8 +135,26 @@ def adapt_and_predict(
         return adapted(x_target.view(1, 1))[0, 0]
 
     if backend == "torch.func":
-        return torch.func.vmap(one_problem)(x, y, weights, problems.x_target)
-    return torch.stack([one_problem(*per_problem) for per_problem in zip(x, y, weights, problems.x_target)])
+        prediction = torch.func.vmap(one_problem)(x, y, weights, problems.x_target)
+    else:
+        prediction = torch.stack([one_problem(*per_problem) for per_problem in zip(x, y, weights, problems.x_target)])
+    _check_predictions(prediction, lambda b: one_problem(x[b], y[b], weights[b], problems.x_target[b]))
+    return prediction
+
+
+def _check_predictions(prediction: Tensor, rerun: Callable[[int], Tensor]) -> None:
+    """Raise :class:`~mass_ref.inner.NonFiniteError` for the first non-finite prediction, located by ``rerun(b)``."""
+    finite = torch.isfinite(prediction.detach())
+    if not tensor_is_inspectable(finite) or bool(finite.all()):
+        return
+    b = int((~finite).nonzero()[0])
+    try:
+        rerun(b)  # outside vmap the kernel checks itself and names the inner step
+    except NonFiniteError as error:
+        raise NonFiniteError(f"problem {b} of the batch, {error}", step=error.step, what=error.what) from error
+    raise NonFiniteError(f"problem {b} of the batch: after the last inner step the adapted learner predicts "
+                         f"{prediction[b].item()} (its parameters are finite but huge): the inner loop diverged; "
+                         "lower inner_lr.", what="prediction")
 
 
 def outer_losses(prediction: Tensor, problems: SineProblems, config: ToyMassConfig, *, generator: torch.Generator) -> Tensor:
@@ -258,6 +282,9 @@ def train_toy_mass(
     initialisation is refused, even when the config and seed match. ``stop_after`` ends the call
     early (after checkpointing), to interrupt on purpose. ``on_checkpoint(history)`` is called after
     every checkpoint (e.g. to write a metrics log that always matches the last checkpoint).
+
+    Raises:
+        ~mass_ref.inner.NonFiniteError: an inner loop diverged; names the meta-step, ``inner_lr`` and the inner step.
     """
     rng = torch.Generator().manual_seed(seed)
     optimizers = {"generator": torch.optim.Adam(generator_model.parameters(), lr=config.generator_lr),
@@ -274,9 +301,14 @@ def train_toy_mass(
             optimizer.load_state_dict(saved["optimizers"][name])
         rng.set_state(saved["rng"])
 
-    def step(_: int) -> dict[str, float]:
+    def step(t: int) -> dict[str, float]:
         problems = sample_sine_problems(config.meta_batch_size, generator=rng)
-        return mass_meta_step(learner, generator_model, scorer, problems, config, optimizers, generator=rng)
+        try:
+            return mass_meta_step(learner, generator_model, scorer, problems, config, optimizers, generator=rng)
+        except NonFiniteError as error:  # say which meta-step, and which config fields set the inner loop
+            raise NonFiniteError(
+                f"toy MASS meta-step {t} (inner_lr={config.inner_lr}, num_inner_steps={config.num_inner_steps}): "
+                f"{error}", step=error.step, what=error.what) from error
 
     parts = [config.outer_mode, *([] if config.train_generator else ["scorer only"]),
              *([] if config.train_scorer else ["generator only"])]
