@@ -60,3 +60,37 @@ def test_the_shipped_meta_training_is_used_and_resumes_as_finished(tmp_path, mon
     monkeypatch.setattr(trainer, "solver_grpo_step", no_step)
     histories = train_lm_methods(model, tokenizer, fmt, config.mass, config.model.tiny, progress=False, **run)
     assert [len(h) for per_seed in histories.values() for h in per_seed.values()] == [config.steps] * len(copied)
+
+
+
+CHILD = """
+import shutil, sys, time
+from mass_ref.lm import TinyLMSpec, pretrained_tiny_lm
+copytree = shutil.copytree
+def slow_copytree(*args, **kwargs):  # a slow disk: the copy overlaps the other processes' copies
+    result = copytree(*args, **kwargs)
+    time.sleep(1.0)
+    return result
+shutil.copytree = slow_copytree
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together
+model, _, info = pretrained_tiny_lm(TinyLMSpec(), sys.argv[1], progress=False)
+print(sum(float(p.double().sum()) for p in model.parameters()), info["loss_last"])
+"""
+
+
+@pytest.mark.slow  # four child processes
+def test_processes_filling_one_cache_at_once_all_get_the_complete_model(tmp_path) -> None:
+    """Data-parallel ranks and parallel test workers copy the shipped model into one cache at the same time."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    at = str(time.time() + 8)  # after every child has imported torch and transformers
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), at], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+    outputs = [child.communicate(timeout=120) for child in children]
+    assert all(child.returncode == 0 for child in children), [err[-2000:] for _, err in outputs]
+    assert len({out for out, _ in outputs}) == 1  # the same model in every process
+    assert sorted(p.name for p in tmp_path.iterdir()) == [TinyLMSpec().key()]  # no partial folder left behind

@@ -22,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,18 +119,30 @@ def pretrained_tiny_lm(
     directory = Path(cache_root) / spec.key()
     done = directory / _DONE
     if not done.is_file():
-        if directory.exists():  # an interrupted run: start the folder over
-            shutil.rmtree(directory)
+        # Built in a folder of this process and thread, then renamed into place complete: processes
+        # that fill one cache at once (data-parallel ranks, parallel tests) never see half a folder.
+        partial = directory.with_name(f"{directory.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
         shipped = SHIPPED_ROOT / spec.key()
         if use_shipped and (shipped / _DONE).is_file():
-            partial = directory.with_name(directory.name + ".partial")  # renamed only once complete
-            shutil.rmtree(partial, ignore_errors=True)
             shutil.copytree(shipped, partial)
-            partial.rename(directory)
         else:
-            _pretrain_into(spec, directory, progress=progress)
+            _pretrain_into(spec, partial, progress=progress)
+        _publish(partial, directory)
     model, tokenizer = load_lm(directory)
     return model, tokenizer, json.loads(done.read_text())
+
+
+def _publish(partial: Path, directory: Path) -> None:
+    """Rename the complete folder ``partial`` to ``directory``; if another process got there first, keep theirs."""
+    if directory.exists() and not (directory / _DONE).is_file():  # left by a run killed before this was atomic
+        shutil.rmtree(directory, ignore_errors=True)
+    try:
+        partial.rename(directory)
+    except OSError:
+        if not (directory / _DONE).is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)  # the same model, already in place
 
 
 def _pretrain_into(spec: TinyLMSpec, directory: Path, *, progress: bool) -> None:
