@@ -224,3 +224,10 @@ def test_no_markdown_table_is_cut_by_a_blank_line() -> None:
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     cut = {page.name: lines for page in pages if (lines := _split_tables(page.read_text()))}
     assert not cut, f"tables cut by a blank line (file: line numbers): {cut}"
+
+
+@pytest.mark.slow  # collects ~950 tests in a child process
+def test_the_robustness_page_counts_the_cases_the_tests_hold() -> None:
+    done = subprocess.run([sys.executable, "scripts/robustness_table.py", "--check"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
