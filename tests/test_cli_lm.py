@@ -264,3 +264,13 @@ def test_a_second_lm_train_on_a_folder_in_use_is_refused(tmp_path: Path, capsys:
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "train.lock" in err and str(os.getpid()) in err, err
     assert not list((tmp_path / "run").glob("*.pt"))  # refused before any training
+
+
+def test_a_hub_id_that_cannot_be_loaded_is_one_message_naming_the_field(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    config = _gpu_smoke_with(tmp_path, model__hub_id="no-such-owner/no-such-model-xyz")
+    assert main(["train", "--config", str(config), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model.hub_id 'no-such-owner/no-such-model-xyz' could not be loaded") and \
+        err.count("\n") == 1, err
+    assert not list((tmp_path / "run").glob("*.pt"))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from mass_ref.config import ConfigError
 from mass_ref.distributed import local_device
 from mass_ref.lm.formats import PLAIN, PromptFormat, chat_format
 from mass_ref.lm.models import add_lora, load_lm, load_smollm2
@@ -96,7 +97,12 @@ def load_lm_for_mass(
     elif spec.name == "smollm2":
         model, tokenizer = load_smollm2(Path(cache_root) / "smollm2", dtype=dtype)
     else:
-        model, tokenizer = load_lm(spec.hub_id, dtype=dtype)
+        try:
+            model, tokenizer = load_lm(spec.hub_id, dtype=dtype)
+        except OSError as error:  # no such repository or folder, no network, a gated model without a token
+            raise ConfigError(f"model.hub_id {spec.hub_id!r} could not be loaded ({str(error).splitlines()[0]}); "
+                              "give a save_pretrained folder or a Hugging Face model id this machine can "
+                              "reach (gated models need `huggingface-cli login`).") from error
     fmt = chat_format(tokenizer) if getattr(tokenizer, "chat_template", None) else PLAIN
     model = add_lora(model, r=spec.lora_rank, alpha=spec.lora_alpha, target_modules=spec.lora_targets, seed=0)
     return model.to(spec_device(spec)), tokenizer, fmt
