@@ -266,8 +266,11 @@ def test_a_second_lm_train_on_a_folder_in_use_is_refused(tmp_path: Path, capsys:
     assert not list((tmp_path / "run").glob("*.pt"))  # refused before any training
 
 
-def test_a_hub_id_that_cannot_be_loaded_is_one_message_naming_the_field(tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_hub_id_that_cannot_be_loaded_is_one_message_naming_the_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as on a machine without network, at once
     config = _gpu_smoke_with(tmp_path, model__hub_id="no-such-owner/no-such-model-xyz")
     assert main(["train", "--config", str(config), "--no-progress"]) == 2
     err = capsys.readouterr().err
