@@ -31,7 +31,7 @@ from mass_ref.attribution import (
 from mass_ref import toy
 from mass_ref.checkpoint import (UnreadableCheckpointError, fingerprint, load_checkpoint, resumable_loop,
                                  save_checkpoint)
-from mass_ref.config import ConfigError, load_config, parse_config
+from mass_ref.config import ConfigError, config_file, input_path, load_config, parse_config, shipped_configs
 from mass_ref.distill import DistilledExamples, adapted_task_losses, distill_examples
 from mass_ref.grpo import clipped_policy_loss, group_advantages
 from mass_ref.inner import (BACKENDS, AdaptedModel, NonFiniteError, Trajectory, inner_adapt, inner_loss_of,
@@ -41,6 +41,7 @@ from mass_ref.distributed import DataParallel, data_parallel_from_env, local_dev
 from mass_ref.metagrad import META_GRADIENT_MODES, MetaGradient, check_meta_gradient_mode, weight_meta_gradient
 from mass_ref.maml import (
     MAML_IMPLEMENTATIONS,
+    LearningCurve,
     adaptation_curve,
     maml_loss,
     meta_train_maml,
@@ -63,6 +64,7 @@ from mass_ref.profiles import (
     cuda_memory_gib,
     profile_sizes,
     resolve_profile,
+    runtime_estimate,
 )
 from mass_ref.results import (
     figure_path,
@@ -93,6 +95,10 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "runtime_estimate",
+    "config_file",
+    "input_path",
+    "shipped_configs",
     "AtomicWriteError",
     "NonFiniteError",
     "RunFolderInUse",
@@ -117,6 +123,7 @@ __all__ = [
     "PROFILES",
     "SineTasks",
     "adam_train",
+    "LearningCurve",
     "adaptation_curve",
     "adapted_task_losses",
     "alignment_attributions",

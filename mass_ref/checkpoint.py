@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from mass_ref.progress import progress_bar
 
 from mass_ref.config import ConfigError
 from mass_ref.distributed import DataParallel
@@ -303,7 +303,7 @@ def resumable_loop(
         parallel.barrier()
 
     end = steps if stop_after is None else max(len(history), min(steps, stop_after))
-    for t in tqdm(range(len(history), end), desc=desc, disable=not (progress and parallel.is_main), mininterval=5.0,
+    for t in progress_bar(range(len(history), end), enabled=progress and parallel.is_main, desc=desc, mininterval=5.0,
                   initial=len(history), total=steps):
         history.append(step(t))
         if (t + 1) % checkpoint_every == 0 or t + 1 == end:

@@ -71,8 +71,9 @@ from typing import Any, ClassVar
 
 import yaml
 
-__all__ = ["EXPERIMENTS", "ConfigError", "EvaluateSection", "ExperimentConfig", "check_positive_int",
-           "experiment_module", "load_config", "parse_config", "place_error"]
+__all__ = ["CONFIG_DIR", "EXPERIMENTS", "ConfigError", "EvaluateSection", "ExperimentConfig", "check_positive_int",
+           "config_file", "experiment_module", "input_path", "load_config", "parse_config", "place_error",
+           "shipped_configs"]
 
 
 class ConfigError(ValueError):
@@ -267,11 +268,55 @@ _Loader.add_implicit_resolver(
 )
 
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""The configs that ship with the package (``configs/`` in a checkout links here)."""
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+"""The folder holding the ``mass_ref`` package: a checkout's root, or site-packages after ``pip install``."""
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configs that ship with the package (``lm_mass_tiny``, ...)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_file(path: str | Path) -> Path:
+    """The YAML file ``path`` names: the file itself if it exists, else the shipped config of that name.
+
+    ``configs/lm_mass_tiny.yaml``, ``lm_mass_tiny.yaml`` and ``lm_mass_tiny`` all name the shipped
+    ``mass_ref/configs/lm_mass_tiny.yaml`` wherever the command runs (a checkout, Colab, a pip install).
+    """
+    path = Path(path).expanduser()
+    if path.is_file() or not (len(path.parts) == 1 or path.parent.name == "configs"):
+        return path
+    name = path.name if path.suffix == ".yaml" else f"{path.name}.yaml"
+    return CONFIG_DIR / name if (CONFIG_DIR / name).is_file() else path
+
+
+def input_path(path: str | Path) -> Path:
+    """A file or folder a config reads (a model folder, a data file), relative paths resolved.
+
+    As given when it exists (absolute, or relative to the working directory); else relative to
+    :data:`PACKAGE_PARENT`, so ``mass_ref/...`` paths name files that ship with the package from
+    any working directory and after ``pip install``. A path found nowhere is returned as given (the
+    caller's error names it).
+    """
+    given = Path(path).expanduser()
+    if given.is_absolute() or given.exists():
+        return given
+    shipped = PACKAGE_PARENT / given
+    return shipped if shipped.exists() else given
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML config file; raises :class:`ConfigError` naming the file or field."""
-    path = Path(path)
+    """Read and validate a YAML config file (or a shipped config by name, :func:`config_file`).
+
+    Raises:
+        ConfigError: naming the file or the field.
+    """
+    path = config_file(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; see configs/ for examples.")
+        raise ConfigError(f"config file {path} does not exist; the shipped configs are {shipped_configs()} "
+                          "(e.g. --config configs/lm_mass_smoke.yaml).")
     try:
         data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:

@@ -17,12 +17,14 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mass_ref.inner import AdaptedModel, Forward, inner_adapt
+from mass_ref.results import mean_ci95
 from mass_ref.tasks.sine import SineTasks, sample_sine_tasks
 from mass_ref.training import adam_train
 
@@ -76,6 +78,40 @@ def maml_loss(
     return torch.stack([task_loss(*d, backend="higher") for d in zip(*data)]).mean()
 
 
+@dataclass
+class LearningCurve:
+    """Held-out query MSE after ``num_steps`` SGD steps (size ``inner_lr``) on each task's support set, recorded
+    during meta-training (pass it to :func:`meta_train_maml`; record every ``every`` outer steps).
+
+    Attributes:
+        tasks: the held-out tasks (not the test tasks the final evaluation uses).
+        inner_lr, num_steps: the test-time adaptation that is scored.
+        every: outer steps between two evaluations (before the first step and after the last are recorded too).
+        iterations: outer steps done at each evaluation. per_task: each evaluation's MSE per task, ``[T]``.
+    """
+
+    tasks: SineTasks
+    inner_lr: float
+    every: int
+    num_steps: int = 1
+    iterations: list[int] = field(default_factory=list)
+    per_task: list[Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"every must be a positive integer (outer steps between evaluations); got {self.every!r}.")
+
+    def record(self, model: nn.Module, iteration: int) -> None:
+        """Evaluate ``model`` now (``iteration`` outer steps done) and append the result."""
+        curve = adaptation_curve(model, self.tasks, inner_lr=self.inner_lr, max_steps=self.num_steps)
+        self.iterations.append(iteration)
+        self.per_task.append(curve[:, self.num_steps])
+
+    def summary(self) -> list[tuple[int, float, float]]:
+        """``(iteration, mean MSE, 95% CI half-width over tasks)`` per evaluation (:func:`mean_ci95`)."""
+        return [(it, *mean_ci95(errors)) for it, errors in zip(self.iterations, self.per_task)]
+
+
 def meta_train_maml(
     model: nn.Module,
     *,
@@ -89,8 +125,16 @@ def meta_train_maml(
     first_order: bool = False,
     method: str = "vmap",
     progress: bool = True,
+    lr_schedule: str = "constant",
+    learning_curve: LearningCurve | None = None,
 ) -> list[float]:
-    """Train θ by Adam on L_meta, sampling ``meta_batch_size`` fresh tasks (K support + K query) per step."""
+    """Train θ by Adam on L_meta, sampling ``meta_batch_size`` fresh tasks (K support + K query) per step.
+
+    ``lr_schedule`` (``"constant"`` or ``"cosine"``) sets Adam's step size over training, from ``outer_lr``
+    (:func:`mass_ref.training.scheduled_lr`). A ``learning_curve`` records held-out post-adaptation MSE
+    before the first step, every ``learning_curve.every`` steps and after the last one.
+    Returns the meta-loss of every iteration.
+    """
     dtype = next(model.parameters()).dtype
 
     def step_loss() -> Tensor:
@@ -99,8 +143,13 @@ def meta_train_maml(
             model, tasks, inner_lr=inner_lr, num_inner_steps=num_inner_steps, first_order=first_order, method=method
         )
 
+    def on_step(done: int) -> None:
+        if learning_curve is not None and (done % learning_curve.every == 0 or done == iterations):
+            learning_curve.record(model, done)
+
     desc = "first-order MAML" if first_order else "MAML"
-    return adam_train(model, step_loss, iterations=iterations, lr=outer_lr, desc=desc, progress=progress)
+    return adam_train(model, step_loss, iterations=iterations, lr=outer_lr, desc=desc, progress=progress,
+                      lr_schedule=lr_schedule, on_step=on_step)
 
 
 def oracle_inputs(x: Tensor, amplitude: Tensor, phase: Tensor) -> Tensor:

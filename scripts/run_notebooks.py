@@ -45,6 +45,9 @@ def main() -> int:
     out_dir = ROOT / "build" / profile / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ["MASS_PROFILE"] = profile  # the kernels inherit it
+    # Stored outputs are read, not watched: no progress bars (tqdm's, and transformers'/datasets' through
+    # huggingface_hub). Interactive runs keep theirs.
+    os.environ.update(TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
     os.environ["MASS_REF_ROOT"] = str(ROOT)
 
     print(f"profile={profile}: executing {len(notebooks)} notebook(s)", flush=True)

@@ -25,7 +25,7 @@ PACKAGE = ROOT / "mass_ref"
 LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     # shared machinery: no chapter, no task family
     "core": (0, ("inner", "_higher_backend", "metagrad", "attribution", "stats", "checkpoint", "results", "profiles",
-                 "grpo", "config", "run_folder", "training", "distributed")),
+                 "grpo", "config", "run_folder", "training", "distributed", "progress")),
     "tasks": (1, ("tasks", "tasks.arithmetic", "tasks.benchmarks", "tasks.sine", "tasks.verify")),
     "sine chapters": (2, ("maml", "distill")),
     "toy": (3, ("toy.base", "toy.evaluate", "toy.generator", "toy.mass", "toy.problems", "toy.scorer")),

@@ -11,7 +11,7 @@ import pytest
 from mass_ref.tasks.benchmarks import BenchmarkUnavailableError, load_gsm8k, load_math500, read_records
 from mass_ref.tasks.verify import extract_answer, is_correct
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "mass_ref" / "tasks" / "samples"
 GSM8K = FIXTURES / "gsm8k_test_sample.jsonl"
 MATH500 = FIXTURES / "math500_test_sample.jsonl"
 

@@ -475,7 +475,7 @@ def test_rows_that_need_skill_labels_are_refused_on_benchmarks_before_any_work(p
     import mass_ref.lm.experiment as experiment
     from mass_ref.lm import LMDataSpec, ProblemSource
 
-    fixtures = Path(__file__).parent / "fixtures"
+    fixtures = Path(__file__).resolve().parent.parent / "mass_ref" / "tasks" / "samples"
     source = ProblemSource(LMDataSpec(train="gsm8k", test="gsm8k", train_path=str(fixtures / "gsm8k_train_sample.jsonl"),
                                       test_path=str(fixtures / "gsm8k_test_sample.jsonl")))
     model = add_lora(copy.deepcopy(pretrained[0]), r=2, alpha=4, seed=0)

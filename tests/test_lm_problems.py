@@ -10,7 +10,7 @@ from mass_ref.lm import LMDataSpec, ProblemSource, TextProblem, TinyLMSpec, task
 from mass_ref.tasks.benchmarks import load_gsm8k
 from mass_ref.tasks.verify import is_correct
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "mass_ref" / "tasks" / "samples"
 GSM8K = LMDataSpec(train="gsm8k", test="gsm8k", train_path=str(FIXTURES / "gsm8k_train_sample.jsonl"),
                    test_path=str(FIXTURES / "gsm8k_test_sample.jsonl"))
 

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from mass_ref import (
+    LearningCurve,
+    adam_train,
     adaptation_curve,
     inner_adapt,
     maml_loss,
@@ -19,6 +21,7 @@ from mass_ref import (
     sine_mlp,
     tune_inner_lr,
 )
+from mass_ref.training import scheduled_lr
 
 
 @pytest.mark.parametrize("backend", ["higher", "torch.func"])
@@ -88,3 +91,62 @@ def test_adaptation_curve_matches_explicit_adaptation() -> None:
     best, scores = tune_inner_lr(model, tasks, [1e3, 1e-4, 0.02], max_steps=3)  # 1e3 diverges to inf/nan
     assert scores[1e3] == float("inf")
     assert best == min(scores, key=scores.get) and best != 1e3
+
+
+def test_cosine_schedule_decays_from_the_peak_to_zero() -> None:
+    assert scheduled_lr(1e-3, 0, 100) == scheduled_lr(1e-3, 99, 100) == 1e-3  # constant
+    assert scheduled_lr(1e-3, 0, 100, "cosine") == pytest.approx(1e-3)
+    assert scheduled_lr(1e-3, 50, 100, "cosine") == pytest.approx(5e-4)
+    assert scheduled_lr(1e-3, 100, 100, "cosine") == pytest.approx(0.0, abs=1e-15)
+    rates = [scheduled_lr(1e-3, t, 100, "cosine") for t in range(100)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        scheduled_lr(1e-3, 0, 100, "linear")
+
+
+def test_adam_train_applies_the_schedule_and_reports_every_step() -> None:
+    model = nn.Linear(1, 1)
+    steps: list[int] = []
+    optimizer_lrs: list[float] = []
+
+    def step_loss() -> torch.Tensor:
+        return model.weight.pow(2).sum()
+
+    original = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        optimizer_lrs.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    torch.optim.Adam.step = spy
+    try:
+        adam_train(model, step_loss, iterations=4, lr=0.1, desc="t", progress=False, lr_schedule="cosine",
+                   on_step=steps.append)
+    finally:
+        torch.optim.Adam.step = original
+    assert optimizer_lrs == pytest.approx([scheduled_lr(0.1, t, 4, "cosine") for t in range(4)])
+    assert steps == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        adam_train(model, step_loss, iterations=1, lr=0.1, desc="t", progress=False, lr_schedule="step")
+
+
+def test_learning_curve_records_held_out_mse_during_meta_training() -> None:
+    tasks = sample_sine_tasks(8, 10, 20, generator=seed_everything(3))
+    curve = LearningCurve(tasks, inner_lr=0.01, every=40)
+    torch.manual_seed(0)
+    model = sine_mlp()
+    history = meta_train_maml(model, iterations=100, meta_batch_size=5, k_shot=10, inner_lr=0.01, outer_lr=3e-3,
+                              generator=seed_everything(0), progress=False, lr_schedule="cosine", learning_curve=curve)
+    assert len(history) == 100
+    assert curve.iterations == [0, 40, 80, 100]  # step 0, every 40, and the last
+    final = adaptation_curve(model, tasks, inner_lr=0.01, max_steps=1)[:, 1]
+    assert torch.equal(curve.per_task[-1], final)
+    (it, mean, half), = curve.summary()[-1:]
+    assert it == 100 and mean == pytest.approx(final.mean().item()) and half > 0
+    # recording does not change training: the same seed without a curve gives the same losses
+    torch.manual_seed(0)
+    again = meta_train_maml(sine_mlp(), iterations=100, meta_batch_size=5, k_shot=10, inner_lr=0.01, outer_lr=3e-3,
+                            generator=seed_everything(0), progress=False, lr_schedule="cosine")
+    assert again == history
+    with pytest.raises(ValueError, match="every"):
+        LearningCurve(tasks, inner_lr=0.01, every=0)

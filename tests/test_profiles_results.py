@@ -129,3 +129,31 @@ def test_make_run_with_a_bad_profile_prints_one_line_and_exits_2(profile: str, w
                           text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and words in done.stderr
+
+
+def test_progress_bars_are_off_under_tqdm_disable_even_when_a_caller_asks_for_one(monkeypatch, capsys) -> None:
+    from mass_ref.progress import progress_bar, progress_enabled
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert progress_enabled(True) and not progress_enabled(False)
+    list(progress_bar(range(3), desc="shown", mininterval=0))
+    assert "shown" in capsys.readouterr().err
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # what scripts/run_notebooks.py sets for stored outputs
+    list(progress_bar(range(3), enabled=True, desc="hidden"))
+    assert not progress_enabled(True) and "hidden" not in capsys.readouterr().err
+
+
+def test_the_runtimes_notebooks_announce_match_the_committed_cpu_runs() -> None:
+    import json
+    from pathlib import Path
+
+    from mass_ref.profiles import RUNTIME_MINUTES
+
+    root = Path(__file__).resolve().parent.parent
+    notebooks = sorted(p.stem for p in (root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert sorted(RUNTIME_MINUTES) == notebooks
+    for notebook in notebooks:
+        results = json.loads((root / "results" / "cpu" / f"{notebook}.json").read_text())
+        measured = results["runtime_seconds"] / 60 if "runtime_seconds" in results else results["runtime_minutes"]
+        stated = RUNTIME_MINUTES[notebook]["cpu"]
+        assert measured / 2 <= stated <= max(2 * measured, 0.5), (notebook, stated, measured)

@@ -39,6 +39,7 @@ from mass_ref.lm.sft import sft_batch, sft_losses_per_example
 from mass_ref.lm.ttt import adapted_lora
 from mass_ref.tasks.arithmetic import ArithmeticProblem
 from mass_ref.tasks.verify import is_correct
+from mass_ref.progress import progress_bar
 
 __all__ = ["PracticeSet", "practice_sets", "random_practice", "related_practice", "right_only", "scorer_auc",
            "ttt_results"]
@@ -188,9 +189,7 @@ def ttt_results(
     correct, losses = [], []
     iterator: Sequence[ArithmeticProblem] = problems
     if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(problems, desc="test-time training")
+        iterator = progress_bar(problems, desc="test-time training")
     for i, problem in enumerate(iterator):
         ex = updates[i]
         w = None if weights is None or not ex else weights[i]

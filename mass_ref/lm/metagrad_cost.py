@@ -35,11 +35,15 @@ if TYPE_CHECKING:  # the LM stack loads transformers; import it only where it ru
     from mass_ref.lm.formats import PromptFormat
     from mass_ref.lm.sft import SFTBatch
 
-__all__ = ["MetaGradientCost", "cost_in_fresh_process", "load_costs", "measure_meta_gradient_cost", "plot_costs",
-           "save_costs",
-           "support_of_length"]
+__all__ = ["SMOLLM2_COSTS", "SMOLLM2_LENGTH_COSTS", "MetaGradientCost", "cost_in_fresh_process", "load_costs",
+           "measure_meta_gradient_cost", "plot_costs", "save_costs", "support_of_length"]
 
 MODELS = ("tiny", "smollm2")
+SMOLLM2_COSTS = Path(__file__).resolve().parent / "costs" / "metagrad_smollm2.json"
+"""SmolLM2-135M's meta-gradient costs against K, measured on 2 CPU cores and shipped with the package (chapter 6
+reads them where it cannot measure live): ``benchmarks/bench_metagrad.py --model smollm2 --m 6 --json <this file>``."""
+SMOLLM2_LENGTH_COSTS = SMOLLM2_COSTS.with_name("metagrad_smollm2_length.json")
+"""The same against tokens per example at K = 2."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from mass_ref.config import input_path
 from mass_ref.lm.tiny import TinyLMSpec, task_problems
 from mass_ref.tasks.benchmarks import load_gsm8k, load_math500
 
@@ -133,9 +134,9 @@ class ProblemSource:
 
     @cached_property
     def _train_records(self) -> list[TextProblem]:
-        return text_problems(load_gsm8k("train", path=self.data.train_path or None))
+        return text_problems(load_gsm8k("train", path=input_path(self.data.train_path) if self.data.train_path else None))
 
     @cached_property
     def _test_records(self) -> list[TextProblem]:
         loader = load_gsm8k if self.data.test == "gsm8k" else load_math500
-        return text_problems(loader("test", path=self.data.test_path or None))
+        return text_problems(loader("test", path=input_path(self.data.test_path) if self.data.test_path else None))

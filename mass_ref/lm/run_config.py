@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mass_ref.config import ConfigError, EvaluateSection, ExperimentConfig, check_positive_int, place_error
+from mass_ref.config import ConfigError, EvaluateSection, ExperimentConfig, check_positive_int, input_path, place_error
 from mass_ref.distributed import data_parallel_from_env
 from mass_ref.lm.experiment import EVAL_METHODS, TRAINED_METHODS, evaluate_lm_methods, evaluation_rows, train_lm_methods
 from mass_ref.lm.mass import LMMassConfig
@@ -230,7 +230,7 @@ def check_run_inputs(config: LMRunConfig, *, training: bool) -> None:
     if config.model.name == "hub":
         hub_id = config.model.hub_id
         looks_local = hub_id.startswith((".", "/", "~")) or hub_id.count("/") > 1  # hub ids are [owner/]name
-        if looks_local and not Path(hub_id).expanduser().is_dir():
+        if looks_local and not input_path(hub_id).is_dir():
             raise ConfigError(f"model.hub_id {hub_id!r} is neither a folder here nor a hub id (owner/name); "
                               "give a save_pretrained folder or a Hugging Face model id.")
     elif config.model.name == "smollm2":

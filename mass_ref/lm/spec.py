@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mass_ref.config import ConfigError
+from mass_ref.config import ConfigError, input_path
 from mass_ref.distributed import local_device
 from mass_ref.lm.formats import PLAIN, PromptFormat, chat_format
 from mass_ref.lm.models import add_lora, load_lm, load_smollm2
@@ -98,7 +98,8 @@ def load_lm_for_mass(
         model, tokenizer = load_smollm2(Path(cache_root) / "smollm2", dtype=dtype)
     else:
         try:
-            model, tokenizer = load_lm(spec.hub_id, dtype=dtype)
+            local = input_path(spec.hub_id)  # a save_pretrained folder (mass_ref/... ships with the package), else a hub id
+            model, tokenizer = load_lm(str(local) if local.is_dir() else spec.hub_id, dtype=dtype)
         except OSError as error:  # no such repository or folder, no network, a gated model without a token
             raise ConfigError(f"model.hub_id {spec.hub_id!r} could not be loaded ({str(error).splitlines()[0]}); "
                               "give a save_pretrained folder or a Hugging Face model id this machine can "

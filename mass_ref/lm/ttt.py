@@ -47,6 +47,7 @@ from mass_ref.lm.generate import default_gold, eval_mode, generate_answers
 from mass_ref.lm.models import lora_parameters
 from mass_ref.lm.sft import SFTBatch, sft_batch, sft_losses_per_example
 from mass_ref.tasks.verify import is_correct
+from mass_ref.progress import progress_bar
 
 Problem = TypeVar("Problem")
 Example = tuple[str, str]
@@ -224,9 +225,7 @@ def ttt_accuracy(
     correct = []
     iterator: Sequence[Problem] = problems
     if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(problems, desc="test-time training")
+        iterator = progress_bar(problems, desc="test-time training")
     for problem in iterator:
         examples = list(examples_for(problem))
         weights = weights_for(problem, examples) if weights_for is not None and examples else None

@@ -23,7 +23,7 @@ Offline, pass ``path=`` to a local copy in the hub's format: ``.jsonl`` (one rec
 ``Dataset.to_json`` writes), ``.json`` (a list of records) or ``.parquet`` (the hub's files).
 
 Examples:
-    >>> load_gsm8k(path="tests/fixtures/gsm8k_test_sample.jsonl", limit=1)[0]["final_answer"]  # from the repo root
+    >>> load_gsm8k(path="mass_ref/tasks/samples/gsm8k_test_sample.jsonl", limit=1)[0]["final_answer"]  # from the repo root
     '54'
 
 Introduced in notebooks/04_lm_test_time_training.ipynb.
