@@ -46,9 +46,12 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cpu_index = (["--extra-index-url", "https://download.pytorch.org/whl/cpu"]
                  if platform.system() == "Linux" and shutil.which("nvidia-smi") is None else [])
     torch_version = torch.__version__.split("+")[0]
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch_version}", *cpu_index,
-                           f"{wheel}[notebooks]"], capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # torch alone from the CPU index (as the Makefile does: every package looked up on an index that cannot be
+    # reached costs retries), then the wheel and its dependencies from the default index
+    for args in ([f"torch=={torch_version}", *cpu_index], [f"{wheel}[notebooks]"]):
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", *args], capture_output=True, text=True,
+                              timeout=1200)
+        assert done.returncode == 0, done.stderr[-3000:]
     return python
 
 
