@@ -130,16 +130,17 @@ def train(config: LMRunConfig, *, progress: bool = True, stop_after: int | None 
     Under ``torchrun``/``accelerate launch`` the ranks train data-parallel (:mod:`mass_ref.distributed`):
     rank 0 prepares the output folder and the model cache first, and alone writes files.
     """
-    check_run_inputs(config, training=True)
+    source = check_run_inputs(config, training=True)
     parallel = data_parallel_from_env()
     if not parallel.is_main:
-        return _train(config, parallel, Path(config.output_dir), progress, stop_after)
+        return _train(config, source, parallel, Path(config.output_dir), progress, stop_after)
     out = prepare_output_dir(config)
     with run_lock(out):  # a second `train` on this folder is refused; a killed run's lock is taken over
-        return _train(config, parallel, out, progress, stop_after)
+        return _train(config, source, parallel, out, progress, stop_after)
 
 
-def _train(config: LMRunConfig, parallel: Any, out: Path, progress: bool, stop_after: int | None) -> Runs:
+def _train(config: LMRunConfig, source: ProblemSource, parallel: Any, out: Path, progress: bool,
+           stop_after: int | None) -> Runs:
     """:func:`train` after the checks, in the prepared (rank 0: locked) output folder."""
     if not parallel.is_main:
         parallel.barrier()  # rank 0 first creates the folder and fills the model cache, then the others load
@@ -153,7 +154,7 @@ def _train(config: LMRunConfig, parallel: Any, out: Path, progress: bool, stop_a
         _write_lm_metrics(out, config, runs)
 
     histories = train_lm_methods(
-        model, tokenizer, fmt, config.mass, ProblemSource(config.data, config.model.tiny), methods=config.methods,
+        model, tokenizer, fmt, config.mass, source, methods=config.methods,
         seeds=config.seeds, steps=config.steps, output_dir=out, checkpoint_every=config.checkpoint_every,
         stop_after=stop_after, progress=progress, on_checkpoint=on_checkpoint, parallel=parallel)
     runs = {(method, seed): history for method, per_seed in histories.items() for seed, history in per_seed.items()}
@@ -174,7 +175,7 @@ def evaluate(config: LMRunConfig, *, progress: bool = False) -> dict[str, float]
     """
     out = Path(config.output_dir)
     check_recorded_config(config, out, required=True)
-    check_run_inputs(config, training=False)
+    source = check_run_inputs(config, training=False)  # one source: a benchmark is read once for all seeds
     runs = _recorded_runs(out)
     unfinished = [f"{method} seed {seed}: {len(runs.get((method, seed), []))}/{config.steps}"
                   for method in config.methods for seed in config.seeds
@@ -184,7 +185,6 @@ def evaluate(config: LMRunConfig, *, progress: bool = False) -> dict[str, float]
                           "first (it resumes where it stopped).")
     methods = evaluation_rows(config.methods, config.data.test)
     model, tokenizer, fmt = load_lm_for_mass(config.model, config.cache_dir, progress=progress)
-    source = ProblemSource(config.data, config.model.tiny)  # one source: a benchmark is read once for all seeds
     per_seed: dict[int, dict[str, dict[str, Any]]] = {}
     for seed in config.seeds:
         path = out / f"eval_seed{seed}.json"
@@ -220,8 +220,10 @@ def report(config: LMRunConfig, command: str, result: Any) -> None:
               f"{result[f'gold_loss_{method}']:.3f} ± {result[f'gold_loss_{method}_ci95']:.3f}")
 
 
-def check_run_inputs(config: LMRunConfig, *, training: bool) -> None:
+def check_run_inputs(config: LMRunConfig, *, training: bool) -> ProblemSource:
     """Check what a run reads and writes before any work: the model, the data files, the output folder.
+
+    Returns the run's :class:`ProblemSource`, its benchmark files already read (the run reuses them).
 
     Raises:
         ConfigError: naming the field (``model.hub_id``, ``data.train_path``, ``output_dir``, ...), the
@@ -240,8 +242,9 @@ def check_run_inputs(config: LMRunConfig, *, training: bool) -> None:
             raise ConfigError(f"model.name 'smollm2': {error}") from error
     n_train = config.mass.meta_batch_size if training else 0
     n_test = config.evaluate.n_problems  # also when training: a short test file must not surface after hours
+    source = ProblemSource(config.data, config.model.tiny)
     try:
-        ProblemSource(config.data, config.model.tiny).check(train_problems=n_train, test_problems=n_test)
+        source.check(train_problems=n_train, test_problems=n_test)
     except ValueError as error:
         raise ConfigError(str(error)) from error
     out = Path(config.output_dir)
@@ -252,6 +255,7 @@ def check_run_inputs(config: LMRunConfig, *, training: bool) -> None:
     if training and not os.access(existing, os.W_OK):
         raise ConfigError(f"output_dir {str(out)!r} cannot be written ({existing} is not writable); choose another "
                           "folder (--output-dir).")
+    return source
 
 
 def run_memory_estimates(config: LMRunConfig, model_config: Any, *, prompt_tokens: int,
