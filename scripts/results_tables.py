@@ -77,8 +77,9 @@ METHOD_LABELS: dict[str, str] = {
     "oracle_right_only": "oracle right-only (ceiling)", "related_gold": "related gold (ceiling)",
     "solver_grpo": "Solver GRPO",
     "mass_gold_no_update": "MASS_gold, no update", "mass_gold_uniform": "MASS_gold, uniform weights",
-    "mass_gold": "MASS_gold",
-    "mass_no_update": "MASS, no update", "mass_uniform": "MASS, uniform weights", "mass": "MASS",
+    "mass_gold_oracle_right_only": "MASS_gold, oracle right-only (ceiling)", "mass_gold": "MASS_gold",
+    "mass_no_update": "MASS, no update", "mass_uniform": "MASS, uniform weights",
+    "mass_oracle_right_only": "MASS, oracle right-only (ceiling)", "mass": "MASS",
 }
 
 # chapter 5's paired differences: (a, b, what a − b isolates)
@@ -86,10 +87,12 @@ PAIRS: tuple[tuple[str, str, str], ...] = (
     ("oracle_right_only", "tt_ss", "the room: best weighting of TT-SS's own attempts"),
     ("mass", "tt_ss", "MASS against TT-SS"),
     ("mass", "mass_no_update", "MASS's test-time update, same trained weights"),
+    ("mass_oracle_right_only", "mass_no_update", "the room for that update: the right attempts only"),
     ("mass", "mass_uniform", "MASS's scorer, same weights and attempts"),
     ("mass_no_update", "base", "what MASS's meta-training did to the solver"),
     ("mass_gold", "tt_ss", "MASS_gold against TT-SS"),
     ("mass_gold", "mass_gold_no_update", "MASS_gold's update"),
+    ("mass_gold_oracle_right_only", "mass_gold_no_update", "the room for MASS_gold's update"),
     ("mass_gold", "mass_gold_uniform", "MASS_gold's scorer"),
     ("mass_gold_no_update", "base", "what MASS_gold's meta-training did to the solver"),
 )

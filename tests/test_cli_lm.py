@@ -178,9 +178,11 @@ def test_python_dash_m_evaluates_every_row(straight: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads((straight.parent / "run" / "eval.json").read_text())
     methods = ("base", "base_ttt", "tt_ss", "oracle_right_only", "related_gold", "solver_grpo", "mass_gold_no_update",
-               "mass_gold_uniform", "mass_gold", "mass_no_update", "mass_uniform", "mass")
+               "mass_gold_uniform", "mass_gold_oracle_right_only", "mass_gold", "mass_no_update", "mass_uniform",
+               "mass_oracle_right_only", "mass")
     assert {f"acc_{m}{twin}" for m in methods for twin in ("", "_ci95")} <= set(report)
-    assert {"acc_mass_minus_mass_no_update", "gold_loss_mass_minus_mass_uniform_ci95"} <= set(report)
+    assert {"acc_mass_minus_mass_no_update", "gold_loss_mass_minus_mass_uniform_ci95",
+            "acc_mass_oracle_right_only_minus_mass_no_update_ci95"} <= set(report)
     assert report["n_problems"] == SMOKE["evaluate"]["n_problems"] and report["n_seeds"] == 1
     assert (report["precision"], report["device"], report["device_name"]) == ("fp32", "cpu", "cpu")  # "auto" on a CPU
     assert "precision fp32 on cpu" in result.stdout

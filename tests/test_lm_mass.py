@@ -128,6 +128,21 @@ def test_scorer_starts_uniform_and_only_reranks_within_a_problem() -> None:
         scorer(torch.randn(5, 8))
 
 
+def test_scorer_without_hidden_states_ranks_by_the_statistics_alone() -> None:
+    scorer = LMScorer(8, use_hidden_states=False)
+    assert sum(p.numel() for p in scorer.parameters()) == 3 + 2  # b_η, log τ, log c
+    features = torch.rand(4, 8 + 3)
+    assert torch.allclose(scorer(features), torch.full((4,), 1 / 4))  # untrained = TT-SS's weights
+    with torch.no_grad():
+        scorer.stats.weight.copy_(torch.tensor([[2.0, -1.0, 3.0]]))
+        scorer.log_temperature.fill_(-0.5)
+    stats = features[:, 8:]
+    torch.testing.assert_close(scorer.logits(features), (stats @ torch.tensor([2.0, -1.0, 3.0])) / math.exp(-0.5))
+    moved = features.clone()
+    moved[:, :8] = torch.randn(4, 8)  # the hidden-state columns are ignored
+    torch.testing.assert_close(scorer(moved), scorer(features))
+
+
 def test_scorer_features_are_the_base_models_own_view_of_each_example(peft64, pretrained) -> None:
     tokenizer = pretrained[1]
     examples = [("Question: a\nAnswer:", " 1 + 2 = 3\n#### 3"), ("Question: bb\nAnswer:", " #### 22"),
@@ -141,8 +156,10 @@ def test_scorer_features_are_the_base_models_own_view_of_each_example(peft64, pr
     assert before.shape == (3, hidden + 3) and torch.equal(before, after)  # the adapters do not move them
     with peft64.disable_adapter(), torch.no_grad():
         nll = sft_losses_per_example(peft64, sft_batch(tokenizer, examples, add_bos=True))
-    torch.testing.assert_close(before[:, hidden].double(), nll, rtol=1e-5, atol=1e-6)  # mean token NLL
-    assert torch.all(before[:, hidden + 1] >= before[:, hidden])  # the max token NLL bounds the mean
+    # exp(−mean token NLL): the geometric-mean token probability
+    torch.testing.assert_close(before[:, hidden].double(), (-nll).exp(), rtol=1e-5, atol=1e-6)
+    assert torch.all(before[:, hidden + 1] <= before[:, hidden])  # the least likely token bounds the mean
+    assert torch.all((before[:, hidden:] >= 0) & (before[:, hidden:] <= 1))  # all three statistics in [0, 1]
     assert answer_agreement([a for _, a in examples]) == [2 / 3, 1 / 3, 2 / 3]
     assert before[:, hidden + 2].tolist() == pytest.approx([2 / 3, 1 / 3, 2 / 3])
     with_target = scorer_features(peft64, tokenizer, examples, add_bos=True, context="Problem: T\n")

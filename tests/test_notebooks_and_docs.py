@@ -274,3 +274,17 @@ def test_the_colab_setup_cell_installs_what_the_chapter_needs_and_never_touches_
                        if path.stem in NEEDS_SMOLLM2 else [])
     parameters = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"][1].source
     assert "runtime_estimate(NOTEBOOK, PROFILE)" in parameters  # says how long the chapter takes here
+
+
+def test_chapter_5_validation_check_runs_on_the_training_split_and_the_readme_quotes_it() -> None:
+    """scripts/ch05_validation.py's committed output: training-split problems only, and the README's sentence follows it."""
+    results = json.loads((ROOT / "results" / "validation" / "05_label_free_selection.json").read_text())
+    assert results["split"].startswith("train") and results["n_problems"] >= 200 and len(results["seeds"]) >= 3
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    pts = lambda key: f"{100 * results[key]:+.1f}"  # noqa: E731
+    assert (f"{pts('mass_oracle_right_only_minus_no_update')} ± "
+            f"{100 * results['mass_oracle_right_only_minus_no_update_ci95']:.1f} points") in readme
+    probes = [results[k] for k in results if k.startswith("mass_probe_tau") and not k.endswith("_ci95")]
+    assert f"adds between {100 * min(probes):+.1f} and {100 * max(probes):+.1f}" in readme
+    assert f"(AUC {results['mass_probe_auc']:.2f})" in readme
+    assert f"the scorer {pts('mass_scorer_minus_no_update')} ± {100 * results['mass_scorer_minus_no_update_ci95']:.1f}" in readme

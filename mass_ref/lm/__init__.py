@@ -76,6 +76,7 @@ from mass_ref.lm.evaluate import (
     related_practice,
     right_only,
     scorer_auc,
+    selection_rates,
     ttt_results,
 )
 from mass_ref.lm.ttt import (
@@ -161,6 +162,7 @@ __all__ = [
     "random_practice",
     "related_practice",
     "scorer_auc",
+    "selection_rates",
     "solver_grpo_step",
     "ttt_results",
     "problem_seed",

@@ -33,7 +33,8 @@ from mass_ref.stats import roc_auc
 from mass_ref.lm.amp import fp32_scope
 from mass_ref.lm.formats import PromptFormat
 from mass_ref.lm.generate import generate_answers, sample_answers
-from mass_ref.lm.practice import parse_practice_completion, practice_is_right, practice_prompt_for, scorer_context
+from mass_ref.lm.practice import (answer_agreement, parse_practice_completion, practice_is_right, practice_prompt_for,
+                                  scorer_context)
 from mass_ref.lm.scorer import LMScorer, scorer_features
 from mass_ref.lm.sft import sft_batch, sft_losses_per_example
 from mass_ref.lm.ttt import adapted_lora
@@ -42,7 +43,7 @@ from mass_ref.tasks.verify import is_correct
 from mass_ref.progress import progress_bar
 
 __all__ = ["PracticeSet", "practice_sets", "random_practice", "related_practice", "right_only", "scorer_auc",
-           "ttt_results"]
+           "selection_rates", "ttt_results"]
 
 Example = tuple[str, str]
 
@@ -224,3 +225,35 @@ def scorer_auc(sets: Sequence[PracticeSet]) -> float:
     if not scores or min(labels) == max(labels):
         return float("nan")
     return roc_auc(torch.tensor(scores), torch.tensor(labels))
+
+
+def selection_rates(sets: Sequence[PracticeSet]) -> dict[str, float]:
+    """How often a pick among each set's examples is right, over all sets (a set with no example counts as wrong).
+
+    ``top_scored``: the example with the scorer's highest logit (NaN without scores); ``majority``: an
+    example with the most common final answer (self-consistency's vote; ties go to the first); ``any``:
+    at least one right example (what the oracle can pick). An update on one problem's examples moves its
+    answer towards the examples it weighs most, so it can only beat answering without an update where
+    these picks are right more often than the unadapted answer is. Examples whose truth is unknown count
+    as wrong.
+
+    >>> s = PracticeSet(["a", "b", "c"], [("Q", "#### 4"), ("Q", "#### 5"), ("Q", "#### 5")], None,
+    ...                 [True, False, False], [2.0, 0.0, 1.0])
+    >>> selection_rates([s])
+    {'top_scored': 1.0, 'majority': 0.0, 'any': 1.0}
+    """
+    if not sets:
+        raise ValueError("sets is empty; pass the PracticeSets of at least one problem.")
+    top = majority = anything = 0.0
+    for s in sets:
+        right = [bool(r) for r in s.right]
+        if not right:
+            continue
+        if s.scores is not None:
+            top += right[max(range(len(right)), key=s.scores.__getitem__)]
+        votes = answer_agreement([answer for _, answer in s.examples])
+        majority += right[max(range(len(right)), key=votes.__getitem__)] and max(votes) > 0
+        anything += any(right)
+    n = len(sets)
+    scored = any(s.scores is not None for s in sets)
+    return {"top_scored": top / n if scored else float("nan"), "majority": majority / n, "any": anything / n}

@@ -21,11 +21,13 @@ related_gold                initial                         m problems of T's sk
 solver_grpo                 RL-trained on solving           none
 <M>_no_update               meta-trained by M               none (the trained LoRA alone)
 <M>_uniform                 meta-trained by M               m own practice from the trained generator, 1/m
+<M>_oracle_right_only       meta-trained by M               the same examples, weight on the right ones only
 <M> (mass_gold, mass)       meta-trained by M               the same examples, w_i = s_η
 ==========================  ==============================  ================================================
 
 How to read them: M − M_no_update is what the test-time update on practice adds to the trained
-weights, M − M_uniform what the scorer's ranking adds, M_no_update − base what meta-training
+weights (at most M_oracle_right_only − M_no_update: the best any weighting of them could add),
+M − M_uniform what the scorer's ranking adds, M_no_update − base what meta-training
 did to the solver itself, and oracle_right_only − tt_ss how much room any weighting had.
 
 The notebook and ``python -m mass_ref train|evaluate`` (:mod:`mass_ref.lm.run_config`) call these same
@@ -76,7 +78,8 @@ _ROWS: dict[str, tuple[str | None, str | None, str | None]] = {
     "related_gold": (None, "related_gold", "uniform"),
     "solver_grpo": ("solver_grpo", None, None),
     **{name: row for m in ("mass_gold", "mass") for name, row in (
-        (f"{m}_no_update", (m, None, None)), (f"{m}_uniform", (m, "own", "uniform")), (m, (m, "own", "scorer")))},
+        (f"{m}_no_update", (m, None, None)), (f"{m}_uniform", (m, "own", "uniform")),
+        (f"{m}_oracle_right_only", (m, "own", "right_only")), (m, (m, "own", "scorer")))},
 }
 """Row → (trained method whose LoRA/scorer it loads or None, practice data, weighting); see the table above."""
 EVAL_METHODS = tuple(_ROWS)
@@ -85,7 +88,8 @@ TINY_ONLY_ROWS = ("related_gold", "oracle_right_only_related")
 PAIRED_DIFFERENCES: tuple[tuple[str, str], ...] = (
     *((row, "tt_ss") for row in EVAL_METHODS if row != "tt_ss"),
     ("mass", "mass_no_update"), ("mass", "mass_uniform"), ("mass_gold", "mass_gold_no_update"),
-    ("mass_gold", "mass_gold_uniform"), ("mass_no_update", "base"), ("mass_gold_no_update", "base"),
+    ("mass_gold", "mass_gold_uniform"), ("mass_oracle_right_only", "mass_no_update"),
+    ("mass_gold_oracle_right_only", "mass_gold_no_update"), ("mass_no_update", "base"), ("mass_gold_no_update", "base"),
     ("oracle_right_only_related", "tt_ss_related"))
 """(a, b) pairs whose per-problem differences :func:`summarize_lm_methods` reports when both rows were run."""
 
@@ -171,7 +175,8 @@ def train_lm_methods(
             run_config = dataclasses.replace(config, method=kind, outer_mode=outer_mode)
             for seed in seeds:
                 _reset_lora(model, initial)
-                scorer = _new_scorer(model, seed, device) if kind == "mass" and run_config.train_scorer else None
+                scorer = (_new_scorer(model, seed, device, use_hidden_states=run_config.scorer_hidden_states)
+                          if kind == "mass" and run_config.train_scorer else None)
                 callback = None if on_checkpoint is None else (lambda h, m=method, s=seed: on_checkpoint(m, s, h))
                 histories.setdefault(method, {})[seed] = train_lm_mass(
                     model, tokenizer, fmt, scorer, run_config, problems_for_step, steps=steps, seed=seed,
@@ -227,12 +232,13 @@ def use_shipped_runs(
     return copied
 
 
-def _new_scorer(model: nn.Module, seed: int, device: torch.device) -> LMScorer:
+def _new_scorer(model: nn.Module, seed: int, device: torch.device, *, use_hidden_states: bool) -> LMScorer:
     """A fresh scorer, fp32 whatever the base weights' dtype (float64 only for an exact float64 model)."""
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return LMScorer(model.config.hidden_size).to(device=device, dtype=dtype)
+        scorer = LMScorer(model.config.hidden_size, use_hidden_states=use_hidden_states)
+        return scorer.to(device=device, dtype=dtype)
 
 
 def _trained_state(model: nn.Module, output_dir: Path, method: str, seed: int, steps: int) -> LMScorer | None:
@@ -243,7 +249,8 @@ def _trained_state(model: nn.Module, output_dir: Path, method: str, seed: int, s
             tensor.copy_(state["lora"][name])
     if state["scorer"] is None:
         return None
-    scorer = _new_scorer(model, seed, next(model.parameters()).device)
+    scorer = _new_scorer(model, seed, next(model.parameters()).device,
+                         use_hidden_states=state["config"].get("scorer_hidden_states", True))
     scorer.load_state_dict(state["scorer"])
     return scorer
 

@@ -80,6 +80,8 @@ class LMMassConfig:
         inner_lr: α of the inner SGD on the LoRA tensors (also used at test time).
         meta_batch_size: training problems per step.
         generator_lr, scorer_lr: Adam step sizes for φ (generator / solver) and η.
+        scorer_hidden_states: whether the scorer reads the answer's hidden states beside its three
+            statistics (:class:`~mass_ref.lm.scorer.LMScorer`; False: a linear ranking of the statistics).
         clip_eps: PPO clip ε. ppo_epochs: policy updates per batch of samples (with 1 the update is
             on-policy, the ratio is 1 and the clip never acts: plain policy gradient; the clip needs ≥ 2).
         gamma_solve: γ, weight of L_solve in the generator's loss.
@@ -117,6 +119,7 @@ class LMMassConfig:
     meta_batch_size: int = 4
     generator_lr: float = 1e-3
     scorer_lr: float = 1e-3
+    scorer_hidden_states: bool = True
     clip_eps: float = 0.2
     ppo_epochs: int = 1
     gamma_solve: float = 0.1

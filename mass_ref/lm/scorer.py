@@ -5,19 +5,28 @@ no gradient, so they do not move while φ is meta-trained). For example i = (p_i
 ``context + p_i + a_i``:
 
 * h_i ∈ R^H: the last layer's hidden states, averaged over the positions that predict a_i's tokens;
-* the model's own surprise at a_i: mean and maximum token negative log-likelihood (a single wrong
-  digit in ``12 * 3 = 38`` shows up in the maximum);
+* the model's own confidence in a_i: its geometric-mean token probability exp(−mean NLL) and its
+  least likely token's probability exp(−max NLL) (a single wrong digit in ``12 * 3 = 38`` shows up
+  in the minimum);
 * v_i: the share of the m examples whose final answer equals a_i's (self-consistency's vote).
+
+All three statistics lie in [0, 1]. That matters for learning them: Adam moves every weight by about
+the same amount per step, so a feature on a larger scale (a raw NLL of 0–10 nats) would get a larger
+say in the ranking for no other reason.
 
 Weights: a ranking normalised within each problem (a softmax with a learned temperature
 τ = exp(log τ)) times one learned, global step-size multiplier c = exp(log c)::
 
-    u_i = (nll_mean_i, nll_max_i, v_i)
-    z_i = f_η(LayerNorm(h_i), u_i) + b_η · u_i,   f_η = Linear → tanh → Linear
+    u_i = (exp(−nll_mean_i), exp(−nll_max_i), v_i)
+    z_i = f_η(LayerNorm(h_i), u_i) + b_η · u_i,   f_η = Linear → tanh → Linear   (hidden states on)
+    z_i = b_η · u_i                                                               (hidden states off)
     s_i = c · exp(z_i / τ) / Σ_j exp(z_j / τ)      (Σ_i s_i = c: the inner step is c·α)
 
 The linear term b_η · u_i lets the three scalar signals act directly instead of competing with H
-hidden-state inputs. f_η's last layer and b_η start at zero and c at 1, so an untrained scorer gives
+hidden-state inputs. ``use_hidden_states=False`` keeps only that term: five numbers in all (b_η, τ,
+c). Chapter 5 measured why one would: meta-trained for 100 steps of 4 problems, the hidden-state
+network ranks the training problems' attempts but not those of held-out skill combinations, while
+the three statistics rank both alike. f_η's last layer and b_η start at zero and c at 1, so an untrained scorer gives
 s_i = 1/m, exactly TT-SS's weights. The two parts are kept apart on purpose: the softmax can only
 *re-rank* one problem's examples, and c (:attr:`LMScorer.step_scale`, reported by chapter 5) says
 how large a step the meta-gradient wants on such data; c → 0 would mean "do not update at all",
@@ -42,7 +51,7 @@ from mass_ref.lm.sft import IGNORE_INDEX, sft_batch
 __all__ = ["NUM_STATS", "LMScorer", "scorer_features"]
 
 NUM_STATS = 3
-"""Scalar features after the hidden state: mean token NLL, max token NLL, answer agreement."""
+"""Scalar features after the hidden state: exp(−mean token NLL), exp(−max token NLL), answer agreement."""
 
 
 def scorer_features(
@@ -83,23 +92,28 @@ def scorer_features(
                 nll = nll.new_zeros(targets.shape).index_copy(1, keep, nll)  # [n, T−1], 0 where not scored
                 count = predicts.sum(-1)
                 hidden = (out.hidden_states[-1][:, :-1].float() * predicts.unsqueeze(-1)).sum(1) / count.unsqueeze(-1)
-                rows.append(torch.cat([hidden, (nll.sum(-1) / count).unsqueeze(-1),
-                                       nll.max(-1).values.unsqueeze(-1)], dim=-1).cpu())
+                confidence = torch.stack([(-nll.sum(-1) / count).exp(), (-nll.max(-1).values).exp()], dim=-1)
+                rows.append(torch.cat([hidden, confidence], dim=-1).cpu())
     finally:
         model.train(was_training)
     return torch.cat([torch.cat(rows), votes.unsqueeze(-1)], dim=-1)
 
 
 class LMScorer(nn.Module):
-    """s_η: features ``[m, H + NUM_STATS]`` → weights ``[m]`` summing to c (learned); 1/m at initialisation."""
+    """s_η: features ``[m, H + NUM_STATS]`` → weights ``[m]`` summing to c (learned); 1/m at initialisation.
 
-    def __init__(self, hidden_size: int, hidden: int = 64) -> None:
+    ``use_hidden_states=False``: the hidden-state columns are ignored (z = b_η · u), see the module docstring.
+    """
+
+    def __init__(self, hidden_size: int, hidden: int = 64, *, use_hidden_states: bool = True) -> None:
         super().__init__()
         self.hidden_size = hidden_size
-        self.norm = nn.LayerNorm(hidden_size)
-        self.net = nn.Sequential(nn.Linear(hidden_size + NUM_STATS, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        self.use_hidden_states = use_hidden_states
+        if use_hidden_states:
+            self.norm = nn.LayerNorm(hidden_size)
+            self.net = nn.Sequential(nn.Linear(hidden_size + NUM_STATS, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
         self.stats = nn.Linear(NUM_STATS, 1, bias=False)  # b_η
         nn.init.zeros_(self.stats.weight)
         self.log_temperature = nn.Parameter(torch.zeros(()))
@@ -116,9 +130,11 @@ class LMScorer(nn.Module):
         if features.ndim != 2 or features.shape[-1] != expected:
             raise ValueError(f"features must have shape [m, {expected}] (scorer_features of a model with hidden "
                              f"size {self.hidden_size}); got {tuple(features.shape)}.")
-        features = features.to(self.norm.weight.dtype)
+        features = features.to(self.log_temperature.dtype)
         hidden, stats = features[:, :self.hidden_size], features[:, self.hidden_size:]
-        z = self.net(torch.cat([self.norm(hidden), stats], dim=-1))[..., 0] + self.stats(stats)[..., 0]
+        z = self.stats(stats)[..., 0]
+        if self.use_hidden_states:
+            z = z + self.net(torch.cat([self.norm(hidden), stats], dim=-1))[..., 0]
         return z / self.log_temperature.exp()
 
     def forward(self, features: Tensor) -> Tensor:
