@@ -156,5 +156,6 @@ def test_a_new_scorer_is_fp32_on_a_bf16_base(pretrained) -> None:
     for dtype, expected in ((torch.bfloat16, torch.float32), (torch.float32, torch.float32),
                             (torch.float64, torch.float64)):
         model = copy.deepcopy(pretrained[0]).to(dtype)
-        scorer = experiment._new_scorer(model, seed=0, device=torch.device("cpu"))
-        assert {p.dtype for p in scorer.parameters()} == {expected}
+        for hidden_states in (True, False):
+            scorer = experiment._new_scorer(model, seed=0, device=torch.device("cpu"), use_hidden_states=hidden_states)
+            assert {p.dtype for p in scorer.parameters()} == {expected}
