@@ -152,6 +152,12 @@ def test_committed_cpu_results_of_chapter_5() -> None:
                 "scorer AUC ≥ 0.75": results["tiny_scorer_auc_mass"] >= 0.75}
     assert results["tiny_targets_met"] == (", ".join(name for name, met in verdicts.items() if met) or "none")
     assert results["tiny_target_met"] == all(verdicts.values())
+    # §5's selection rates, as the README quotes them
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    quoted = (f"right {100 * results['tiny_mass_greedy_no_update']:.1f}% of the time, the scorer's top attempt "
+              f"{100 * results['tiny_mass_pick_top_scored']:.1f}%, the majority answer of the 6 attempts "
+              f"{100 * results['tiny_mass_pick_majority']:.1f}%, and some attempt {100 * results['tiny_mass_pick_any']:.1f}%")
+    assert quoted in readme
 
 
 def test_committed_cpu_results_of_chapter_6() -> None:
