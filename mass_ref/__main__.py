@@ -17,8 +17,8 @@ The file's ``experiment`` picks who runs it (:data:`mass_ref.config.EXPERIMENTS`
   ``checkpoint.pt`` (generator, scorer, optimisers, RNG, history).
 - ``experiment: lm_mass``: :mod:`mass_ref.lm.run_config`; ``<method>_seed<N>.pt`` per trained
   method and seed, metrics lines tagged with ``method`` and ``seed``; ``evaluate`` keeps each
-  seed's answers in ``eval_seed<N>.json`` (so it resumes too). The base model is cached in
-  ``cache_dir``.
+  seed's answers in ``eval_seed<N>.json``, row by row while it runs (so a killed evaluation resumes
+  at the row it stopped in). The base model is cached in ``cache_dir``.
 
 Introduced in notebooks/03_mass_toy.ipynb (toy_mass) and notebooks/05_mass_llm.ipynb (lm_mass).
 """

@@ -146,6 +146,8 @@ def test_interrupted_training_resumes_to_the_same_final_state(
     tmp_path: Path, cache: Path, straight: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = smoke_config(tmp_path, "run", cache)
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())  # the same run, in another folder
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({**recorded, "output_dir": str(tmp_path / "run")}))
     assert main(["train", "--config", str(config), "--no-progress", "--stop-after", "1"]) == 0
     assert [len(state["history"]) for state in checkpoints(tmp_path / "run").values()] == [1] * len(METHODS)
     assert [(row["method"], row["step"]) for row in metrics(tmp_path / "run")] == [(m, 1) for m in METHODS]
@@ -188,6 +190,46 @@ def test_python_dash_m_evaluates_every_row(straight: Path) -> None:
     assert "precision fp32 on cpu" in result.stdout
     assert (straight.parent / "run" / "eval_seed0.json").is_file()
     assert all(m in result.stdout for m in methods)
+
+
+@pytest.mark.slow  # two evaluations of every row: ~20 s
+def test_an_evaluation_killed_between_rows_resumes_at_the_row_it_stopped_in(
+        straight: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import mass_ref.lm.run_config as run_config
+
+    if not (straight.parent / "run" / "eval_seed0.json").is_file():
+        assert main(["evaluate", "--config", str(straight), "--no-progress"]) == 0
+    shutil.copytree(straight.parent / "run", tmp_path / "run", ignore=shutil.ignore_patterns("eval*.json"))
+    config = smoke_config(tmp_path, "run", cache)
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())  # the same run, in another folder
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({**recorded, "output_dir": str(tmp_path / "run")}))
+    evaluate, ran = run_config.evaluate_lm_methods, []
+
+    def killed_after_three_rows(*args, on_row, **kwargs):
+        def row_done(row: str, result: dict) -> None:
+            on_row(row, result)
+            ran.append(row)
+            if len(ran) == 3:
+                raise KeyboardInterrupt  # as a killed process would stop, after the third row was stored
+        return evaluate(*args, on_row=row_done, **kwargs)
+
+    monkeypatch.setattr(run_config, "evaluate_lm_methods", killed_after_three_rows)
+    with pytest.raises(KeyboardInterrupt):
+        main(["evaluate", "--config", str(config), "--no-progress"])
+    partial = json.loads((tmp_path / "run" / "eval_seed0.partial.json").read_text())
+    assert list(partial) == ran and not (tmp_path / "run" / "eval_seed0.json").exists()
+
+    resumed_rows: list[str] = []
+    monkeypatch.setattr(run_config, "evaluate_lm_methods",
+                        lambda *a, on_row, **k: evaluate(*a, on_row=lambda r, x: (resumed_rows.append(r), on_row(r, x)),
+                                                         **k))
+    assert main(["evaluate", "--config", str(config), "--no-progress"]) == 0
+    uninterrupted = (straight.parent / "run" / "eval_seed0.json").read_text()
+    assert set(resumed_rows).isdisjoint(ran) and sorted(resumed_rows + ran) == sorted(json.loads(uninterrupted))
+    assert (tmp_path / "run" / "eval_seed0.json").read_text() == uninterrupted  # every answer and loss, NaN AUCs too
+    assert not (tmp_path / "run" / "eval_seed0.partial.json").exists()
 
 
 @pytest.mark.slow  # two child processes: ~20 s

@@ -42,7 +42,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +270,8 @@ def evaluate_lm_methods(
     num_examples: int,
     num_inner_steps: int = 1,
     progress: bool = False,
+    finished: Mapping[str, dict[str, Any]] | None = None,
+    on_row: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Answer ``n_problems`` held-out problems with every row of ``methods`` (see the table above).
 
@@ -278,6 +280,10 @@ def evaluate_lm_methods(
     seed)`` (same skill sets, other problems); all self-written data is sampled with ``seed``; every
     update is ``num_inner_steps`` SGD steps of size ``config.inner_lr`` on m = ``num_examples``
     examples. Trained rows read their checkpoint for ``seed`` from ``output_dir``.
+
+    Resuming: rows in ``finished`` (an earlier call's results, e.g. read back from JSON) are returned as
+    given and not run again; ``on_row(row, result)`` is called as each other row finishes, so a caller can
+    store it. Everything is seeded, so a resumed evaluation answers exactly as an uninterrupted one.
 
     Returns:
         ``{row: {"correct": [bool]*n, "gold_loss": [float]*n, "sets": [PracticeSet] | None,
@@ -302,10 +308,11 @@ def evaluate_lm_methods(
     initial = {name: t.detach().clone() for name, t in lora_parameters(model).items()}
     budget = dict(num_steps=num_inner_steps, inner_lr=config.inner_lr, max_new_tokens=config.answer_max_new_tokens,
                   progress=progress)
+    results: dict[str, dict[str, Any]] = {m: dict(r) for m, r in (finished or {}).items() if m in methods}
     by_trained: dict[str | None, list[str]] = {}
     for method in methods:  # one LoRA state at a time, its practice sampled once for all its rows
-        by_trained.setdefault(_ROWS[method][0], []).append(method)
-    results: dict[str, dict[str, Any]] = {}
+        if method not in results:
+            by_trained.setdefault(_ROWS[method][0], []).append(method)
     try:
         for trained, rows in by_trained.items():
             _reset_lora(model, initial)
@@ -335,6 +342,8 @@ def evaluate_lm_methods(
                 correct, gold_loss = ttt_results(model, tokenizer, fmt, held_out, examples, weights=weights, **budget)
                 auc = scorer_auc(sets) if sets is not None and weighting == "scorer" else float("nan")
                 results[method] = {"correct": correct, "gold_loss": gold_loss, "sets": sets, "auc": auc}
+                if on_row is not None:
+                    on_row(method, results[method])
     finally:
         _reset_lora(model, initial)
     return {method: results[method] for method in methods}

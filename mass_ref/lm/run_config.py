@@ -5,7 +5,8 @@
 
 :func:`train` writes ``<method>_seed<N>.pt`` per trained method and seed
 (:func:`~mass_ref.lm.experiment.train_lm_methods`) and metrics lines tagged with ``method`` and
-``seed``; :func:`evaluate` keeps each seed's answers in ``eval_seed<N>.json`` (so it resumes too)
+``seed``; :func:`evaluate` keeps each seed's answers in ``eval_seed<N>.json`` (row by row in
+``eval_seed<N>.partial.json`` while it runs, so a killed evaluation resumes at the row it stopped in)
 and pools them with :func:`~mass_ref.lm.summary.summarize_lm_methods` into ``eval.json``. The
 base model is cached in ``cache_dir``. Registered in :data:`mass_ref.config.EXPERIMENTS`.
 
@@ -187,15 +188,22 @@ def evaluate(config: LMRunConfig, *, progress: bool = False) -> dict[str, float]
     model, tokenizer, fmt = load_lm_for_mass(config.model, config.cache_dir, progress=progress)
     per_seed: dict[int, dict[str, dict[str, Any]]] = {}
     for seed in config.seeds:
-        path = out / f"eval_seed{seed}.json"
+        path, partial = out / f"eval_seed{seed}.json", out / f"eval_seed{seed}.partial.json"
         if not path.is_file():
+            kept = json.loads(partial.read_text()) if partial.is_file() else {}  # rows a killed run finished
+
+            def keep(row: str, result: dict[str, Any]) -> None:
+                kept[row] = {key: result[key] for key in ("correct", "gold_loss", "auc")}
+                write_atomically(partial, json.dumps(kept) + "\n")
+
             results = evaluate_lm_methods(
                 model, tokenizer, fmt, config.mass, source, methods=methods, seed=seed,
                 steps=config.steps, output_dir=out, n_problems=config.evaluate.n_problems,
                 num_examples=config.evaluate.num_examples, num_inner_steps=config.evaluate.num_inner_steps,
-                progress=progress)
+                progress=progress, finished=kept, on_row=keep)
             kept = {m: {key: r[key] for key in ("correct", "gold_loss", "auc")} for m, r in results.items()}
             write_atomically(path, json.dumps(kept) + "\n")
+            partial.unlink(missing_ok=True)
         per_seed[seed] = json.loads(path.read_text())
     summary = {**summarize_lm_methods(per_seed),
                **run_environment(config.mass.precision, next(model.parameters()).device)}
