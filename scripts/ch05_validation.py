@@ -6,11 +6,12 @@ problem, drawn from the training distribution with fresh seeds), so the check se
 For each trained method and seed it measures, on the same sampled attempts and the same one-step update:
 
 * no update; the meta-trained scorer's weights; uniform weights; right-only weights (the oracle ceiling);
-* a *supervised* ranking: a logistic regression on the scorer's three statistics, fitted with labels on
+  the fixed label-free rule :func:`~mass_ref.lm.checked_only` (the attempts whose worked equations hold);
+* a *supervised* ranking: a logistic regression on the scorer's four statistics, fitted with labels on
   seen-combination training problems, used as c·softmax(z/τ) for a few (τ, c): what a scorer that ranks as
   well as labels allow on these features would gain;
-* :func:`~mass_ref.lm.selection_rates`: how often the top-weighted attempt / the majority answer / any attempt is
-  right, next to how often the greedy answer without an update is.
+* :func:`~mass_ref.lm.selection_rates`: how often the top-weighted attempt / the majority answer / the first
+  attempt whose steps hold / any attempt is right, next to how often the greedy answer without an update is.
 
     python scripts/ch05_validation.py            # writes results/validation/05_label_free_selection.json (~5 min)
 """
@@ -25,8 +26,8 @@ from pathlib import Path
 import torch
 
 from mass_ref.config import load_config
-from mass_ref.lm import (practice_sets, right_only, scorer_auc, scorer_features, selection_rates, task_problems,
-                         ttt_results)
+from mass_ref.lm import (checked_only, practice_sets, right_only, scorer_auc, scorer_features, selection_rates,
+                         task_problems, ttt_results)
 from mass_ref.lm.experiment import SHIPPED_RUNS, _trained_state
 from mass_ref.lm.spec import load_lm_for_mass
 from mass_ref.results import mean_ci95
@@ -92,7 +93,7 @@ def main() -> None:
             extra.setdefault("greedy_no_update", []).append(statistics.fmean(base))
             examples = [s.examples for s in sets]
             variants = {"scorer": (examples, [s.weights for s in sets]), "uniform": (examples, None),
-                        "oracle_right_only": right_only(sets)}
+                        "oracle_right_only": right_only(sets), "checked_only": checked_only(sets)}
             for tau in (1.0, 0.25):
                 for c in (1.0, 0.5):
                     variants[f"probe_tau{tau}_c{c}"] = (examples, [None if v is None else

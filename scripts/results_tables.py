@@ -74,12 +74,15 @@ def ci(key: str, spec: str = ".3f", ci_spec: str | None = None) -> str:
 # row labels of chapters 5 and 7, in the README's order
 METHOD_LABELS: dict[str, str] = {
     "base": "Base", "base_ttt": "Base TTT", "tt_ss": "TT-SS",
-    "oracle_right_only": "oracle right-only (ceiling)", "related_gold": "related gold (ceiling)",
+    "oracle_right_only": "oracle right-only (ceiling)", "checked_only": "TT-SS, steps-check rule",
+    "related_gold": "related gold (ceiling)",
     "solver_grpo": "Solver GRPO",
     "mass_gold_no_update": "MASS_gold, no update", "mass_gold_uniform": "MASS_gold, uniform weights",
-    "mass_gold_oracle_right_only": "MASS_gold, oracle right-only (ceiling)", "mass_gold": "MASS_gold",
+    "mass_gold_oracle_right_only": "MASS_gold, oracle right-only (ceiling)",
+    "mass_gold_checked_only": "MASS_gold, steps-check rule", "mass_gold": "MASS_gold",
     "mass_no_update": "MASS, no update", "mass_uniform": "MASS, uniform weights",
-    "mass_oracle_right_only": "MASS, oracle right-only (ceiling)", "mass": "MASS",
+    "mass_oracle_right_only": "MASS, oracle right-only (ceiling)", "mass_checked_only": "MASS, steps-check rule",
+    "mass": "MASS",
 }
 
 # chapter 5's paired differences: (a, b, what a − b isolates)
@@ -89,6 +92,8 @@ PAIRS: tuple[tuple[str, str, str], ...] = (
     ("mass", "mass_no_update", "MASS's test-time update, same trained weights"),
     ("mass_oracle_right_only", "mass_no_update", "the room for that update: the right attempts only"),
     ("mass", "mass_uniform", "MASS's scorer, same weights and attempts"),
+    ("mass_checked_only", "mass_no_update", "a fixed label-free rule's update: the attempts whose steps hold"),
+    ("mass", "mass_checked_only", "the learned scorer over that fixed rule"),
     ("mass_no_update", "base", "what MASS's meta-training did to the solver"),
     ("mass_gold", "tt_ss", "MASS_gold against TT-SS"),
     ("mass_gold", "mass_gold_no_update", "MASS_gold's update"),

@@ -16,6 +16,7 @@ import mass_ref.lm.evaluate as lm_evaluate
 
 from mass_ref.lm import (
     PLAIN,
+    NUM_STATS,
     LMMassConfig,
     LMScorer,
     TinyLMSpec,
@@ -84,6 +85,21 @@ def test_practice_completions_parse_back_into_solve_pairs() -> None:
     assert parse_practice(" no answer mark") is None and parse_practice(" q\nAnswer:   ") is None
 
 
+@pytest.mark.parametrize(("solution", "share"), [
+    ("3 - 2 = 1\n1 * 5 = 5\n#### 5", 1.0),                       # the tiny task's worked lines
+    ("4 * 2 = 15\n15 - 7 = 8\n#### 8", 0.5),                      # one wrong step of two
+    ("48/2 = <<48/2=24>>24 clips in May.\n#### 24", 1.0),         # GSM8K's calculator annotation
+    ("2 * 3 + 4 = 10 and (2 + 3) × 4 = 21", 0.5),                # precedence, brackets, ×
+    ("10 / 4 = 2.5, 10 / 4 = 2", 0.5),                           # exact, not integer, division
+    ("7 / 0 = 1", 0.0),                                          # a division by zero is a wrong step
+    ("She has 3 = 3 apples; x = 2 + 3\n#### 5", 0.0),            # no step to check
+])
+def test_equations_hold_checks_each_worked_step_exactly(solution: str, share: float) -> None:
+    from mass_ref.lm import equations_hold
+
+    assert equations_hold(solution) == share
+
+
 def test_pretraining_corpus_pairs_practice_documents_by_skill_set() -> None:
     problems = sample_arithmetic_problems(300, seed=4, split="train")
     corpus = pretraining_corpus(problems, practice_fraction=1.0, seed=0)
@@ -109,7 +125,7 @@ def test_tiny_lm_cache_is_keyed_by_spec_and_reused(pretrained, tmp_path) -> None
 
 def test_scorer_starts_uniform_and_only_reranks_within_a_problem() -> None:
     scorer = LMScorer(8)
-    features = torch.randn(5, 8 + 3)
+    features = torch.randn(5, 8 + NUM_STATS)
     assert torch.allclose(scorer(features), torch.full((5,), 1 / 5))  # untrained = TT-SS's weights
     with torch.no_grad():
         scorer.net[-1].weight.normal_(0, 1.0)
@@ -124,20 +140,20 @@ def test_scorer_starts_uniform_and_only_reranks_within_a_problem() -> None:
     torch.testing.assert_close(weights, scorer.step_scale * torch.softmax(scorer.logits(features), 0))
     # a problem's weights depend only on its own examples' logits, which are comparable across problems
     torch.testing.assert_close(scorer.logits(features[:2]), scorer.logits(features)[:2])
-    with pytest.raises(ValueError, match=r"\[m, 11\]"):
+    with pytest.raises(ValueError, match=r"\[m, 12\]"):
         scorer(torch.randn(5, 8))
 
 
 def test_scorer_without_hidden_states_ranks_by_the_statistics_alone() -> None:
     scorer = LMScorer(8, use_hidden_states=False)
-    assert sum(p.numel() for p in scorer.parameters()) == 3 + 2  # b_η, log τ, log c
-    features = torch.rand(4, 8 + 3)
+    assert sum(p.numel() for p in scorer.parameters()) == 4 + 2  # b_η, log τ, log c
+    features = torch.rand(4, 8 + NUM_STATS)
     assert torch.allclose(scorer(features), torch.full((4,), 1 / 4))  # untrained = TT-SS's weights
     with torch.no_grad():
-        scorer.stats.weight.copy_(torch.tensor([[2.0, -1.0, 3.0]]))
+        scorer.stats.weight.copy_(torch.tensor([[2.0, -1.0, 3.0, 0.5]]))
         scorer.log_temperature.fill_(-0.5)
     stats = features[:, 8:]
-    torch.testing.assert_close(scorer.logits(features), (stats @ torch.tensor([2.0, -1.0, 3.0])) / math.exp(-0.5))
+    torch.testing.assert_close(scorer.logits(features), (stats @ torch.tensor([2.0, -1.0, 3.0, 0.5])) / math.exp(-0.5))
     moved = features.clone()
     moved[:, :8] = torch.randn(4, 8)  # the hidden-state columns are ignored
     torch.testing.assert_close(scorer(moved), scorer(features))
@@ -145,7 +161,7 @@ def test_scorer_without_hidden_states_ranks_by_the_statistics_alone() -> None:
 
 def test_scorer_features_are_the_base_models_own_view_of_each_example(peft64, pretrained) -> None:
     tokenizer = pretrained[1]
-    examples = [("Question: a\nAnswer:", " 1 + 2 = 3\n#### 3"), ("Question: bb\nAnswer:", " #### 22"),
+    examples = [("Question: a\nAnswer:", " 1 + 2 = 3\n#### 3"), ("Question: bb\nAnswer:", " 4 * 5 = 22\n#### 22"),
                 ("Question: c\nAnswer:", " #### 3")]
     before = scorer_features(peft64, tokenizer, examples, add_bos=True)
     with restored_lora(peft64) as lora, torch.no_grad():
@@ -153,15 +169,16 @@ def test_scorer_features_are_the_base_models_own_view_of_each_example(peft64, pr
             p.add_(1.0)
         after = scorer_features(peft64, tokenizer, examples, add_bos=True)
     hidden = peft64.config.hidden_size
-    assert before.shape == (3, hidden + 3) and torch.equal(before, after)  # the adapters do not move them
+    assert before.shape == (3, hidden + NUM_STATS) and torch.equal(before, after)  # the adapters do not move them
     with peft64.disable_adapter(), torch.no_grad():
         nll = sft_losses_per_example(peft64, sft_batch(tokenizer, examples, add_bos=True))
     # exp(−mean token NLL): the geometric-mean token probability
     torch.testing.assert_close(before[:, hidden].double(), (-nll).exp(), rtol=1e-5, atol=1e-6)
     assert torch.all(before[:, hidden + 1] <= before[:, hidden])  # the least likely token bounds the mean
-    assert torch.all((before[:, hidden:] >= 0) & (before[:, hidden:] <= 1))  # all three statistics in [0, 1]
+    assert torch.all((before[:, hidden:] >= 0) & (before[:, hidden:] <= 1))  # all four statistics in [0, 1]
     assert answer_agreement([a for _, a in examples]) == [2 / 3, 1 / 3, 2 / 3]
     assert before[:, hidden + 2].tolist() == pytest.approx([2 / 3, 1 / 3, 2 / 3])
+    assert before[:, hidden + 3].tolist() == [1.0, 0.0, 0.0]  # its steps hold / 4 * 5 = 22 / no steps to check
     with_target = scorer_features(peft64, tokenizer, examples, add_bos=True, context="Problem: T\n")
     assert not torch.equal(with_target[:, :hidden], before[:, :hidden])
 
@@ -173,6 +190,20 @@ def test_right_only_weights_are_the_oracle_ceiling_of_the_same_examples() -> Non
     examples, weights = right_only(sets)
     assert examples[0] == sets[0].examples and weights[0] == [0.5, 0.0, 0.0, 0.5]
     assert examples[1] == [] and weights[1] is None  # nothing right: the oracle does not update
+
+
+def test_checked_only_keeps_the_attempts_whose_steps_all_hold_without_labels() -> None:
+    from mass_ref.lm import checked_only, selection_rates
+
+    sets = [PracticeSet(["", "", ""], [("q", " 2 * 3 = 6\n6 + 1 = 7\n#### 7"), ("q", " 2 * 3 = 6\n6 + 1 = 8\n#### 8"),
+                                       ("q", " 2 * 3 = 6\n6 - 1 = 5\n#### 5")], None, [True, False, False]),
+            PracticeSet(["", ""], [("q", " 4 * 2 = 15\n#### 15"), ("q", " #### 8")], None, [False, True])]
+    examples, weights = checked_only(sets)
+    assert examples[0] == sets[0].examples and weights[0] == [0.5, 0.0, 0.5]  # a right and a wrong one both hold
+    assert examples[1] == [] and weights[1] is None  # nothing checks out: no update, whatever the labels say
+    flipped = [dataclasses.replace(s, right=[not r for r in s.right]) for s in sets]
+    assert checked_only(flipped) == (examples, weights)  # labels are never read
+    assert selection_rates(sets)["checked"] == 0.5  # the first checked attempt is right in one set of two
 
 
 @pytest.mark.parametrize("meta_gradient", ["unroll", "checkpointed"])
@@ -469,6 +500,14 @@ def test_shipped_runs_are_used_only_for_the_same_model_config_seed_and_steps(pre
     assert use("same") == ["mass_gold_seed0.pt"]
     assert (tmp_path / "same" / "mass_gold_seed0.pt").read_bytes() == (shipped / "mass_gold_seed0.pt").read_bytes()
     assert use("same") == []  # never replaces a file that is there
+    # a run from a version whose scorer read other statistics is named, with the fix, not a shape error
+    from mass_ref.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(shipped / "mass_gold_seed0.pt")
+    state["scorer"]["stats.weight"] = state["scorer"]["stats.weight"][:, :3]
+    save_checkpoint(tmp_path / "old" / "mass_gold_seed0.pt", state)
+    with pytest.raises(ValueError, match=r"mass_gold_seed0\.pt holds a scorer of 3 statistics.*Delete the file"):
+        experiment._trained_state(model, tmp_path / "old", "mass_gold", 0, 1)
 
 
 def test_practice_kind_is_checked_and_self_practice_is_the_target_itself() -> None:

@@ -65,12 +65,14 @@ from mass_ref.lm.summary import model_results, summarize_lm_methods
 from mass_ref.lm.practice import (
     PRACTICE_KINDS,
     answer_agreement,
+    equations_hold,
     parse_practice_completion,
     practice_is_right,
     practice_prompt_for,
 )
 from mass_ref.lm.evaluate import (
     PracticeSet,
+    checked_only,
     practice_sets,
     random_practice,
     related_practice,
@@ -153,9 +155,11 @@ __all__ = [
     "NUM_STATS",
     "PRACTICE_KINDS",
     "answer_agreement",
+    "equations_hold",
     "parse_practice_completion",
     "practice_is_right",
     "practice_prompt_for",
+    "checked_only",
     "practice_sets",
     "right_only",
     "scorer_features",

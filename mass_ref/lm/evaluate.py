@@ -33,8 +33,8 @@ from mass_ref.stats import roc_auc
 from mass_ref.lm.amp import fp32_scope
 from mass_ref.lm.formats import PromptFormat
 from mass_ref.lm.generate import generate_answers, sample_answers
-from mass_ref.lm.practice import (answer_agreement, parse_practice_completion, practice_is_right, practice_prompt_for,
-                                  scorer_context)
+from mass_ref.lm.practice import (answer_agreement, equations_hold, parse_practice_completion, practice_is_right,
+                                  practice_prompt_for, scorer_context)
 from mass_ref.lm.scorer import LMScorer, scorer_features
 from mass_ref.lm.sft import sft_batch, sft_losses_per_example
 from mass_ref.lm.ttt import adapted_lora
@@ -42,7 +42,7 @@ from mass_ref.tasks.arithmetic import ArithmeticProblem
 from mass_ref.tasks.verify import is_correct
 from mass_ref.progress import progress_bar
 
-__all__ = ["PracticeSet", "practice_sets", "random_practice", "related_practice", "right_only", "scorer_auc",
+__all__ = ["PracticeSet", "checked_only", "practice_sets", "random_practice", "related_practice", "right_only", "scorer_auc",
            "selection_rates", "ttt_results"]
 
 Example = tuple[str, str]
@@ -104,19 +104,33 @@ def practice_sets(
     return sets
 
 
+def _uniform_over_kept(sets: Sequence[PracticeSet], keep: Sequence[Sequence[bool]]
+                       ) -> tuple[list[list[Example]], list[list[float] | None]]:
+    """Uniform weight on each set's kept examples, none on the others; a set that keeps none gives no update."""
+    examples, weights = [], []
+    for s, kept in zip(sets, keep, strict=True):
+        n_kept = sum(kept)
+        examples.append(list(s.examples) if n_kept else [])
+        weights.append([k / n_kept for k in kept] if n_kept else None)
+    return examples, weights
+
+
 def right_only(sets: Sequence[PracticeSet]) -> tuple[list[list[Example]], list[list[float] | None]]:
     """The oracle's (examples, weights): uniform weight on each set's right examples, none on the others.
 
     A set with no right example gives no examples (no update: the oracle knows the data is useless).
     Needs labels a method never has; it measures how much any weighting of this data could gain.
     """
-    examples, weights = [], []
-    for s in sets:
-        known_right = [bool(r) for r in s.right]
-        n_right = sum(known_right)
-        examples.append(list(s.examples) if n_right else [])
-        weights.append([r / n_right for r in known_right] if n_right else None)
-    return examples, weights
+    return _uniform_over_kept(sets, [[bool(r) for r in s.right] for s in sets])
+
+
+def checked_only(sets: Sequence[PracticeSet]) -> tuple[list[list[Example]], list[list[float] | None]]:
+    """A fixed label-free rule's (examples, weights): uniform weight on the examples whose worked equations all
+    hold (:func:`~mass_ref.lm.practice.equations_hold` = 1), none on the others; a set with none gives no update.
+
+    No labels and nothing learned: what the scorer's equation feature could do on its own, as a hand-written rule.
+    """
+    return _uniform_over_kept(sets, [[equations_hold(answer) == 1.0 for _, answer in s.examples] for s in sets])
 
 
 def random_practice(
@@ -231,20 +245,21 @@ def selection_rates(sets: Sequence[PracticeSet]) -> dict[str, float]:
     """How often a pick among each set's examples is right, over all sets (a set with no example counts as wrong).
 
     ``top_scored``: the example with the scorer's highest logit (NaN without scores); ``majority``: an
-    example with the most common final answer (self-consistency's vote; ties go to the first); ``any``:
+    example with the most common final answer (self-consistency's vote; ties go to the first);
+    ``checked``: the first example whose worked equations all hold (:func:`checked_only`'s rule); ``any``:
     at least one right example (what the oracle can pick). An update on one problem's examples moves its
     answer towards the examples it weighs most, so it can only beat answering without an update where
     these picks are right more often than the unadapted answer is. Examples whose truth is unknown count
     as wrong.
 
-    >>> s = PracticeSet(["a", "b", "c"], [("Q", "#### 4"), ("Q", "#### 5"), ("Q", "#### 5")], None,
-    ...                 [True, False, False], [2.0, 0.0, 1.0])
+    >>> s = PracticeSet(["a", "b", "c"], [("Q", "2 + 2 = 4\\n#### 4"), ("Q", "2 + 2 = 5\\n#### 5"), ("Q", "#### 5")],
+    ...                 None, [True, False, False], [2.0, 0.0, 1.0])
     >>> selection_rates([s])
-    {'top_scored': 1.0, 'majority': 0.0, 'any': 1.0}
+    {'top_scored': 1.0, 'majority': 0.0, 'checked': 1.0, 'any': 1.0}
     """
     if not sets:
         raise ValueError("sets is empty; pass the PracticeSets of at least one problem.")
-    top = majority = anything = 0.0
+    top = majority = checked = anything = 0.0
     for s in sets:
         right = [bool(r) for r in s.right]
         if not right:
@@ -253,7 +268,9 @@ def selection_rates(sets: Sequence[PracticeSet]) -> dict[str, float]:
             top += right[max(range(len(right)), key=s.scores.__getitem__)]
         votes = answer_agreement([answer for _, answer in s.examples])
         majority += right[max(range(len(right)), key=votes.__getitem__)] and max(votes) > 0
+        checked += next((r for r, (_, answer) in zip(right, s.examples) if equations_hold(answer) == 1.0), False)
         anything += any(right)
     n = len(sets)
     scored = any(s.scores is not None for s in sets)
-    return {"top_scored": top / n if scored else float("nan"), "majority": majority / n, "any": anything / n}
+    return {"top_scored": top / n if scored else float("nan"), "majority": majority / n, "checked": checked / n,
+            "any": anything / n}

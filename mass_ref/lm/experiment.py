@@ -15,6 +15,7 @@ base                        initial (B = 0: the base model) none
 base_ttt                    initial                         m random training problems, gold, 1/m
 tt_ss                       initial                         m own practice, w_i = 1/m
 oracle_right_only           initial                         tt_ss's examples, weight on the right ones only
+checked_only                initial                         tt_ss's examples, weight on those whose steps hold
 tt_ss_related               initial                         m related problems it writes, 1/m
 oracle_right_only_related   initial                         tt_ss_related's, right ones only
 related_gold                initial                         m problems of T's skills with gold solutions
@@ -22,13 +23,16 @@ solver_grpo                 RL-trained on solving           none
 <M>_no_update               meta-trained by M               none (the trained LoRA alone)
 <M>_uniform                 meta-trained by M               m own practice from the trained generator, 1/m
 <M>_oracle_right_only       meta-trained by M               the same examples, weight on the right ones only
+<M>_checked_only            meta-trained by M               the same examples, weight on those whose steps hold
 <M> (mass_gold, mass)       meta-trained by M               the same examples, w_i = s_η
 ==========================  ==============================  ================================================
 
 How to read them: M − M_no_update is what the test-time update on practice adds to the trained
 weights (at most M_oracle_right_only − M_no_update: the best any weighting of them could add),
-M − M_uniform what the scorer's ranking adds, M_no_update − base what meta-training
-did to the solver itself, and oracle_right_only − tt_ss how much room any weighting had.
+M − M_uniform what the scorer's ranking adds, M − M_checked_only what the learned scorer adds
+over a fixed label-free rule (keep the attempts whose worked equations hold:
+:func:`~mass_ref.lm.evaluate.checked_only`), M_no_update − base what meta-training did to the
+solver itself, and oracle_right_only − tt_ss how much room any weighting had.
 
 The notebook and ``python -m mass_ref train|evaluate`` (:mod:`mass_ref.lm.run_config`) call these same
 functions; the base model comes from :func:`~mass_ref.lm.spec.load_lm_for_mass`.
@@ -52,13 +56,13 @@ from transformers import PreTrainedTokenizerBase
 
 from mass_ref.checkpoint import load_checkpoint
 from mass_ref.distributed import DataParallel
-from mass_ref.lm.evaluate import (PracticeSet, practice_sets, random_practice, related_practice, right_only, scorer_auc,
-                                  ttt_results)
+from mass_ref.lm.evaluate import (PracticeSet, checked_only, practice_sets, random_practice, related_practice,
+                                  right_only, scorer_auc, ttt_results)
 from mass_ref.lm.formats import PromptFormat
 from mass_ref.lm.mass import LMMassConfig
 from mass_ref.lm.models import lora_parameters
 from mass_ref.lm.problems import ProblemSource
-from mass_ref.lm.scorer import LMScorer
+from mass_ref.lm.scorer import NUM_STATS, LMScorer
 from mass_ref.lm.tiny import TinyLMSpec
 from mass_ref.lm.trainer import train_lm_mass
 
@@ -73,13 +77,15 @@ _ROWS: dict[str, tuple[str | None, str | None, str | None]] = {
     "base_ttt": (None, "random", "uniform"),
     "tt_ss": (None, "own", "uniform"),
     "oracle_right_only": (None, "own", "right_only"),
+    "checked_only": (None, "own", "checked_only"),
     "tt_ss_related": (None, "related", "uniform"),
     "oracle_right_only_related": (None, "related", "right_only"),
     "related_gold": (None, "related_gold", "uniform"),
     "solver_grpo": ("solver_grpo", None, None),
     **{name: row for m in ("mass_gold", "mass") for name, row in (
         (f"{m}_no_update", (m, None, None)), (f"{m}_uniform", (m, "own", "uniform")),
-        (f"{m}_oracle_right_only", (m, "own", "right_only")), (m, (m, "own", "scorer")))},
+        (f"{m}_oracle_right_only", (m, "own", "right_only")), (f"{m}_checked_only", (m, "own", "checked_only")),
+        (m, (m, "own", "scorer")))},
 }
 """Row → (trained method whose LoRA/scorer it loads or None, practice data, weighting); see the table above."""
 EVAL_METHODS = tuple(_ROWS)
@@ -90,7 +96,8 @@ PAIRED_DIFFERENCES: tuple[tuple[str, str], ...] = (
     ("mass", "mass_no_update"), ("mass", "mass_uniform"), ("mass_gold", "mass_gold_no_update"),
     ("mass_gold", "mass_gold_uniform"), ("mass_oracle_right_only", "mass_no_update"),
     ("mass_gold_oracle_right_only", "mass_gold_no_update"), ("mass_no_update", "base"), ("mass_gold_no_update", "base"),
-    ("oracle_right_only_related", "tt_ss_related"))
+    ("mass", "mass_checked_only"), ("mass_gold", "mass_gold_checked_only"), ("mass_checked_only", "mass_no_update"),
+    ("mass_gold_checked_only", "mass_gold_no_update"), ("oracle_right_only_related", "tt_ss_related"))
 """(a, b) pairs whose per-problem differences :func:`summarize_lm_methods` reports when both rows were run."""
 
 
@@ -249,6 +256,11 @@ def _trained_state(model: nn.Module, output_dir: Path, method: str, seed: int, s
             tensor.copy_(state["lora"][name])
     if state["scorer"] is None:
         return None
+    trained_stats = state["scorer"]["stats.weight"].shape[-1]
+    if trained_stats != NUM_STATS:
+        raise ValueError(f"{checkpoint_path(output_dir, method, seed)} holds a scorer of {trained_stats} statistics, "
+                         f"from another version of mass_ref; this one computes {NUM_STATS}. Delete the file to retrain "
+                         "it (the package's shipped runs are this version's).")
     scorer = _new_scorer(model, seed, next(model.parameters()).device,
                          use_hidden_states=state["config"].get("scorer_hidden_states", True))
     scorer.load_state_dict(state["scorer"])
@@ -337,6 +349,8 @@ def evaluate_lm_methods(
                     examples = [s.examples for s in sets]
                     if weighting == "right_only":
                         examples, weights = right_only(sets)
+                    elif weighting == "checked_only":
+                        examples, weights = checked_only(sets)
                     elif weighting == "scorer":
                         weights = [s.weights for s in sets]
                 correct, gold_loss = ttt_results(model, tokenizer, fmt, held_out, examples, weights=weights, **budget)

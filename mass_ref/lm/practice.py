@@ -27,15 +27,18 @@ Introduced in notebooks/05_mass_llm.ipynb.
 
 from __future__ import annotations
 
+import ast
+import re
 from collections import Counter
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 from mass_ref.lm.formats import PromptFormat, parse_practice
 from mass_ref.tasks.arithmetic import solve_question
 from mass_ref.tasks.verify import extract_answer, is_correct
 
-__all__ = ["PRACTICE_KINDS", "answer_agreement", "check_practice_kind", "parse_practice_completion",
+__all__ = ["PRACTICE_KINDS", "answer_agreement", "check_practice_kind", "equations_hold", "parse_practice_completion",
            "practice_is_right", "practice_prompt_for", "scorer_context"]
 
 PRACTICE_KINDS = ("related", "self")
@@ -108,3 +111,47 @@ def answer_agreement(solutions: Sequence[str]) -> list[float]:
     counts = Counter(a for a in answers if a is not None)
     n = max(1, len(solutions))
     return [counts[a] / n if a is not None else 0.0 for a in answers]
+
+
+_EQUATION = re.compile(r"([0-9.+\-*/×÷() ]*[0-9)])\s*=\s*(-?\d+(?:\.\d+)?)")
+_OPERATORS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+              ast.Div: lambda a, b: a / b}
+
+
+def _arithmetic(node: ast.AST) -> Fraction:
+    """The exact value of a +, −, ×, ÷ expression of numbers; ValueError for anything else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return Fraction(str(node.value))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_arithmetic(node.operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_arithmetic(node.left), _arithmetic(node.right))
+    raise ValueError("not an arithmetic expression")
+
+
+def equations_hold(solution: str) -> float:
+    """The share of ``solution``'s worked equations whose arithmetic is right (0 when it has none).
+
+    A label-free check of the *steps*: it needs no gold answer, only exact arithmetic. An equation is
+    an expression of numbers with +, −, *, /, ×, ÷ and brackets, ``=``, and a number (``12 * 3 = 36``;
+    GSM8K's calculator annotations ``<<48+24=72>>`` are read the same way). A wrong step (``4 * 2 = 15``)
+    makes a solution suspect whatever its final answer; the check cannot see a right calculation on the
+    wrong numbers (a misread problem), which is why it is one feature of the scorer, not a verifier.
+
+    >>> equations_hold("4 * 2 = 8\\n8 - 3 = 5\\n#### 5")
+    1.0
+    >>> equations_hold("4 * 2 = 15\\n15 / 3 = 5\\n#### 5"), equations_hold("(2 + 3) × 4 = 20"), equations_hold("#### 5")
+    (0.5, 1.0, 0.0)
+    """
+    held = []
+    for left, right in _EQUATION.findall(solution):
+        try:
+            tree = ast.parse(left.strip().replace("×", "*").replace("÷", "/"), mode="eval").body
+            if not isinstance(tree, ast.BinOp):  # "= 5" after a lone number is a statement, not a step
+                continue
+            held.append(_arithmetic(tree) == Fraction(right))
+        except ZeroDivisionError:
+            held.append(False)
+        except (SyntaxError, ValueError):
+            continue
+    return sum(held) / len(held) if held else 0.0

@@ -8,25 +8,30 @@ no gradient, so they do not move while φ is meta-trained). For example i = (p_i
 * the model's own confidence in a_i: its geometric-mean token probability exp(−mean NLL) and its
   least likely token's probability exp(−max NLL) (a single wrong digit in ``12 * 3 = 38`` shows up
   in the minimum);
-* v_i: the share of the m examples whose final answer equals a_i's (self-consistency's vote).
+* v_i: the share of the m examples whose final answer equals a_i's (self-consistency's vote);
+* e_i: the share of a_i's worked equations whose arithmetic holds
+  (:func:`~mass_ref.lm.practice.equations_hold`): a label-free check of the steps, computed exactly
+  rather than by the model.
 
-All three statistics lie in [0, 1]. That matters for learning them: Adam moves every weight by about
+All four statistics lie in [0, 1]. That matters for learning them: Adam moves every weight by about
 the same amount per step, so a feature on a larger scale (a raw NLL of 0–10 nats) would get a larger
 say in the ranking for no other reason.
 
 Weights: a ranking normalised within each problem (a softmax with a learned temperature
 τ = exp(log τ)) times one learned, global step-size multiplier c = exp(log c)::
 
-    u_i = (exp(−nll_mean_i), exp(−nll_max_i), v_i)
+    u_i = (exp(−nll_mean_i), exp(−nll_max_i), v_i, e_i)
     z_i = f_η(LayerNorm(h_i), u_i) + b_η · u_i,   f_η = Linear → tanh → Linear   (hidden states on)
     z_i = b_η · u_i                                                               (hidden states off)
     s_i = c · exp(z_i / τ) / Σ_j exp(z_j / τ)      (Σ_i s_i = c: the inner step is c·α)
 
-The linear term b_η · u_i lets the three scalar signals act directly instead of competing with H
-hidden-state inputs. ``use_hidden_states=False`` keeps only that term: five numbers in all (b_η, τ,
+The linear term b_η · u_i lets the four scalar signals act directly instead of competing with H
+hidden-state inputs. ``use_hidden_states=False`` keeps only that term: six numbers in all (b_η, τ,
 c). Chapter 5 measured why one would: meta-trained for 100 steps of 4 problems, the hidden-state
 network ranks the training problems' attempts but not those of held-out skill combinations, while
-the three statistics rank both alike. f_η's last layer and b_η start at zero and c at 1, so an untrained scorer gives
+the statistics rank both alike. It also measured why e_i is there: the model's own confidence and
+vote rank its attempts (AUC ≈ 0.8) but pick a right one no more often than its greedy answer is
+right, because they mostly restate what greedy decoding already prefers; a wrong step does not. f_η's last layer and b_η start at zero and c at 1, so an untrained scorer gives
 s_i = 1/m, exactly TT-SS's weights. The two parts are kept apart on purpose: the softmax can only
 *re-rank* one problem's examples, and c (:attr:`LMScorer.step_scale`, reported by chapter 5) says
 how large a step the meta-gradient wants on such data; c → 0 would mean "do not update at all",
@@ -45,13 +50,13 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from mass_ref.lm.practice import answer_agreement
+from mass_ref.lm.practice import answer_agreement, equations_hold
 from mass_ref.lm.sft import IGNORE_INDEX, sft_batch
 
 __all__ = ["NUM_STATS", "LMScorer", "scorer_features"]
 
-NUM_STATS = 3
-"""Scalar features after the hidden state: exp(−mean token NLL), exp(−max token NLL), answer agreement."""
+NUM_STATS = 4
+"""Scalar features after the hidden state: exp(−mean token NLL), exp(−max token NLL), answer agreement, equations that hold."""
 
 
 def scorer_features(
@@ -73,6 +78,7 @@ def scorer_features(
         raise ValueError("examples is empty; the scorer needs at least one (prompt, answer) pair.")
     pairs = [(context + prompt, answer) for prompt, answer in examples]
     votes = torch.tensor(answer_agreement([answer for _, answer in examples]), dtype=torch.float32)
+    checks = torch.tensor([equations_hold(answer) for _, answer in examples], dtype=torch.float32)
     disable = getattr(model, "disable_adapter", None)
     device = next(model.parameters()).device
     rows = []
@@ -96,7 +102,7 @@ def scorer_features(
                 rows.append(torch.cat([hidden, confidence], dim=-1).cpu())
     finally:
         model.train(was_training)
-    return torch.cat([torch.cat(rows), votes.unsqueeze(-1)], dim=-1)
+    return torch.cat([torch.cat(rows), votes.unsqueeze(-1), checks.unsqueeze(-1)], dim=-1)
 
 
 class LMScorer(nn.Module):
