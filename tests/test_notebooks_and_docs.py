@@ -156,7 +156,8 @@ def test_committed_cpu_results_of_chapter_5() -> None:
     readme = " ".join((ROOT / "README.md").read_text().split())
     quoted = (f"right {100 * results['tiny_mass_greedy_no_update']:.1f}% of the time, the scorer's top attempt "
               f"{100 * results['tiny_mass_pick_top_scored']:.1f}%, the majority answer of the 6 attempts "
-              f"{100 * results['tiny_mass_pick_majority']:.1f}%, and some attempt {100 * results['tiny_mass_pick_any']:.1f}%")
+              f"{100 * results['tiny_mass_pick_majority']:.1f}%, the first attempt whose steps hold "
+              f"{100 * results['tiny_mass_pick_checked']:.1f}%, and some attempt {100 * results['tiny_mass_pick_any']:.1f}%")
     assert quoted in readme
 
 
@@ -294,3 +295,5 @@ def test_chapter_5_validation_check_runs_on_the_training_split_and_the_readme_qu
     assert f"adds between {100 * min(probes):+.1f} and {100 * max(probes):+.1f}" in readme
     assert f"(AUC {results['mass_probe_auc']:.2f})" in readme
     assert f"the scorer {pts('mass_scorer_minus_no_update')} ± {100 * results['mass_scorer_minus_no_update_ci95']:.1f}" in readme
+    assert f"the fixed rule {pts('mass_checked_only_minus_no_update')} ± " \
+           f"{100 * results['mass_checked_only_minus_no_update_ci95']:.1f}" in readme
