@@ -67,3 +67,31 @@ def test_a_json_run_resumes_reusing_the_rows_it_already_measured(tmp_path) -> No
     rows = json.loads(out.read_text())["rows"]
     assert rows[0] == first[0] and [r["K"] for r in rows] == [1, 2]
     assert f"from {out}" in again.splitlines()[2]  # the K = 1 row was read back, not measured again
+
+
+def test_a_point_that_runs_out_of_memory_is_named_and_the_sweep_goes_on(monkeypatch) -> None:
+    """On a small card (a 16 GB T4) SmolLM2's unrolled K = 4 runs out of memory: the sweep names it and keeps the rest."""
+    import json
+
+    import mass_ref.lm.metagrad_cost as metagrad_cost
+
+    row = {"model": "smollm2", "mode": "checkpointed", "K": 4, "m": 6, "seq_len": 125, "seconds": 2.0, "peak_mb": 900.0,
+           "device": "cuda"}
+    children = {"unroll": (0, json.dumps({"out_of_memory": "CUDA out of memory. Tried to allocate 2.00 GiB"})),
+                "checkpointed": (0, json.dumps(row)), "forward_over_reverse": (-9, ""), "first_order": (1, "")}
+
+    def child(command, **_):  # what `python -m mass_ref.lm.metagrad_cost ...` would print for each mode
+        code, out = children[command[4]]
+        return subprocess.CompletedProcess(command, code, stdout=out + "\n", stderr="Traceback ... boom")
+
+    monkeypatch.setattr(metagrad_cost.subprocess, "run", child)
+    costs, too_large = metagrad_cost.costs_that_fit(
+        "smollm2", [("unroll", 4, None), ("checkpointed", 4, None), ("forward_over_reverse", 4, 64)], m=6,
+        progress=False)
+    assert costs == [metagrad_cost.MetaGradientCost(**row)]
+    assert too_large == ["smollm2/unroll/K=4: CUDA out of memory. Tried to allocate 2.00 GiB",
+                         "smollm2/forward_over_reverse/K=4/64 tokens: the process was killed (SIGKILL), most likely "
+                         "out of memory"]
+    with pytest.raises(RuntimeError, match=r"first_order/K=4 failed:\nTraceback ... boom") as failed:
+        metagrad_cost.costs_that_fit("smollm2", [("first_order", 4, None)], m=6, progress=False)
+    assert not isinstance(failed.value, metagrad_cost.DoesNotFit)  # any other failure stops the sweep

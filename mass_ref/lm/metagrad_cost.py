@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # the LM stack loads transformers; import it only where it ru
     from mass_ref.lm.formats import PromptFormat
     from mass_ref.lm.sft import SFTBatch
 
-__all__ = ["SMOLLM2_COSTS", "SMOLLM2_LENGTH_COSTS", "MetaGradientCost", "cost_in_fresh_process", "load_costs",
-           "measure_meta_gradient_cost", "plot_costs", "save_costs", "support_of_length"]
+__all__ = ["SMOLLM2_COSTS", "SMOLLM2_LENGTH_COSTS", "DoesNotFit", "MetaGradientCost", "cost_in_fresh_process",
+           "costs_that_fit", "load_costs", "measure_meta_gradient_cost", "plot_costs", "save_costs", "support_of_length"]
 
 MODELS = ("tiny", "smollm2")
 SMOLLM2_COSTS = Path(__file__).resolve().parent / "costs" / "metagrad_smollm2.json"
@@ -133,6 +133,10 @@ def measure_meta_gradient_cost(
                             (peak - before) / 2**20, device.type)
 
 
+class DoesNotFit(RuntimeError):
+    """A measurement ran out of memory: the CUDA allocator said so, or the operating system killed the process."""
+
+
 def cost_in_fresh_process(
     model_name: str, mode: str, num_steps: int, *, m: int, seq_len: int | None = None,
     cache_dir: str | Path = "build/cache", threads: int | None = None, timeout: float = 3600.0,
@@ -140,7 +144,8 @@ def cost_in_fresh_process(
     """:func:`measure_meta_gradient_cost` in a new Python process (``threads``: its torch threads).
 
     Raises:
-        RuntimeError: the child failed (e.g. killed for memory) or ran longer than ``timeout`` seconds.
+        DoesNotFit: the child ran out of GPU memory, or was killed (SIGKILL: the kernel's out-of-memory killer).
+        RuntimeError: the child failed otherwise or ran longer than ``timeout`` seconds.
     """
     command = [sys.executable, "-m", "mass_ref.lm.metagrad_cost", model_name, mode, str(num_steps), str(m),
                str(seq_len or 0), str(cache_dir), str(threads or 0)]
@@ -148,9 +153,38 @@ def cost_in_fresh_process(
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as error:
         raise RuntimeError(f"measuring {model_name}/{mode}/K={num_steps} took over {timeout:.0f} s") from error
+    what = f"{model_name}/{mode}/K={num_steps}" + (f"/{seq_len} tokens" if seq_len else "")
+    if result.returncode == -9:
+        raise DoesNotFit(f"{what}: the process was killed (SIGKILL), most likely out of memory")
     if result.returncode != 0:
-        raise RuntimeError(f"measuring {model_name}/{mode}/K={num_steps} failed:\n{result.stderr[-2000:]}")
-    return MetaGradientCost(**json.loads(result.stdout.strip().splitlines()[-1]))
+        raise RuntimeError(f"measuring {what} failed:\n{result.stderr[-2000:]}")
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    if "out_of_memory" in row:
+        raise DoesNotFit(f"{what}: {row['out_of_memory']}")
+    return MetaGradientCost(**row)
+
+
+def costs_that_fit(
+    model_name: str, points: Sequence[tuple[str, int, int | None]], *, m: int, cache_dir: str | Path = "build/cache",
+    threads: int | None = None, progress: bool = True,
+) -> tuple[list[MetaGradientCost], list[str]]:
+    """:func:`cost_in_fresh_process` for each ``(mode, K, seq_len)`` of ``points``; rows that run out of memory are
+    left out and named instead, so that one sweep runs on any card (a 16 GB T4 cannot hold SmolLM2's K = 4 unroll).
+
+    Returns:
+        ``(costs, too_large)``: the measurements, and one line per point that did not fit.
+    """
+    from mass_ref.progress import progress_bar
+
+    costs, too_large = [], []
+    iterator = progress_bar(points, desc=f"{model_name}: fresh processes") if progress else points
+    for mode, k, length in iterator:
+        try:
+            costs.append(cost_in_fresh_process(model_name, mode, k, m=m, seq_len=length, cache_dir=cache_dir,
+                                               threads=threads))
+        except DoesNotFit as error:
+            too_large.append(str(error))
+    return costs, too_large
 
 
 def save_costs(path: str | Path, costs: list[MetaGradientCost], *, threads: int) -> Path:
@@ -201,5 +235,9 @@ if __name__ == "__main__":  # the child of cost_in_fresh_process
     name, mode_, k, m_, length, cache, threads_ = sys.argv[1:8]
     if int(threads_):
         torch.set_num_threads(int(threads_))
-    cost = measure_meta_gradient_cost(name, mode_, int(k), m=int(m_), seq_len=int(length) or None, cache_dir=cache)
-    print(json.dumps(asdict(cost)))
+    try:
+        cost = measure_meta_gradient_cost(name, mode_, int(k), m=int(m_), seq_len=int(length) or None, cache_dir=cache)
+    except torch.OutOfMemoryError as error:  # the card is too small for this point: say so, the sweep goes on
+        print(json.dumps({"out_of_memory": str(error).splitlines()[0]}))
+    else:
+        print(json.dumps(asdict(cost)))
