@@ -42,8 +42,8 @@ from mass_ref.tasks.arithmetic import ArithmeticProblem
 from mass_ref.tasks.verify import is_correct
 from mass_ref.progress import progress_bar
 
-__all__ = ["PracticeSet", "checked_only", "practice_sets", "random_practice", "related_practice", "right_only", "scorer_auc",
-           "selection_rates", "ttt_results"]
+__all__ = ["PracticeSet", "checked_only", "practice_sets", "random_practice", "related_practice", "right_only",
+           "scorer_auc", "selection_rates", "ttt_results"]
 
 Example = tuple[str, str]
 
@@ -124,13 +124,18 @@ def right_only(sets: Sequence[PracticeSet]) -> tuple[list[list[Example]], list[l
     return _uniform_over_kept(sets, [[bool(r) for r in s.right] for s in sets])
 
 
+def _steps_hold(answer: str) -> bool:
+    """The fixed rule's test: every worked equation in ``answer`` holds (and it has at least one)."""
+    return equations_hold(answer) == 1.0
+
+
 def checked_only(sets: Sequence[PracticeSet]) -> tuple[list[list[Example]], list[list[float] | None]]:
     """A fixed label-free rule's (examples, weights): uniform weight on the examples whose worked equations all
     hold (:func:`~mass_ref.lm.practice.equations_hold` = 1), none on the others; a set with none gives no update.
 
     No labels and nothing learned: what the scorer's equation feature could do on its own, as a hand-written rule.
     """
-    return _uniform_over_kept(sets, [[equations_hold(answer) == 1.0 for _, answer in s.examples] for s in sets])
+    return _uniform_over_kept(sets, [[_steps_hold(answer) for _, answer in s.examples] for s in sets])
 
 
 def random_practice(
@@ -268,7 +273,7 @@ def selection_rates(sets: Sequence[PracticeSet]) -> dict[str, float]:
             top += right[max(range(len(right)), key=s.scores.__getitem__)]
         votes = answer_agreement([answer for _, answer in s.examples])
         majority += right[max(range(len(right)), key=votes.__getitem__)] and max(votes) > 0
-        checked += next((r for r, (_, answer) in zip(right, s.examples) if equations_hold(answer) == 1.0), False)
+        checked += next((r for r, (_, answer) in zip(right, s.examples) if _steps_hold(answer)), False)
         anything += any(right)
     n = len(sets)
     scored = any(s.scores is not None for s in sets)
