@@ -81,6 +81,7 @@ from mass_ref.lm.evaluate import (
     selection_rates,
     ttt_results,
 )
+from mass_ref.lm.per_problem_lora import PerProblemLoRA, per_problem_lora, sgd_per_problem, stack_lora
 from mass_ref.lm.ttt import (
     OPTIMIZERS,
     adapted_lora,
@@ -118,6 +119,10 @@ __all__ = [
     # answering and test-time training
     "accuracy",
     "adapted_lora",
+    "PerProblemLoRA",
+    "per_problem_lora",
+    "sgd_per_problem",
+    "stack_lora",
     "default_gold",
     "generate_answers",
     "lora_sft_steps",

@@ -32,12 +32,12 @@ from transformers import PreTrainedTokenizerBase
 from mass_ref.stats import roc_auc
 from mass_ref.lm.amp import fp32_scope
 from mass_ref.lm.formats import PromptFormat
-from mass_ref.lm.generate import generate_answers, sample_answers
+from mass_ref.lm.generate import eval_mode, generate_answers, sample_answers
 from mass_ref.lm.practice import (answer_agreement, equations_hold, parse_practice_completion, practice_is_right,
                                   practice_prompt_for, scorer_context)
 from mass_ref.lm.scorer import LMScorer, scorer_features
-from mass_ref.lm.sft import sft_batch, sft_losses_per_example
-from mass_ref.lm.ttt import adapted_lora
+from mass_ref.lm.per_problem_lora import per_problem_lora, sgd_per_problem
+from mass_ref.lm.sft import SFTBatch, sft_batch, sft_losses_per_example
 from mass_ref.tasks.arithmetic import ArithmeticProblem
 from mass_ref.tasks.verify import is_correct
 from mass_ref.progress import progress_bar
@@ -184,6 +184,7 @@ def ttt_results(
     weights: Sequence[Sequence[float] | None] | None = None,
     progress: bool = False,
     batch_size: int = 16,
+    update_rows: int = 32,
 ) -> tuple[list[bool], list[float]]:
     """Per problem i: SGD on ``examples[i]`` (weights ``weights[i]``), then the greedy answer's correctness
     and the gold solution's loss ℓ_SFT(φ'; T, R*), both under the same adapted φ' (one update each).
@@ -191,38 +192,88 @@ def ttt_results(
     examples helped.
 
     ``examples=None`` (or an empty list for a problem, or ``num_steps=0``) answers without an update.
-    Those problems all see the same φ, so they are decoded together, ``batch_size`` prompts per
-    ``generate`` (left-padded: the same answers as one at a time up to float rounding, see
-    :mod:`mass_ref.lm.generate`); each adapted problem is decoded alone under its own φ'. The adapter
-    is restored after every problem, bit for bit. Returns ``(correct, gold_loss)``.
+    Problems are batched, ``batch_size`` per ``generate`` and gold-loss forward (left-padded: the same answers
+    as one at a time up to float rounding, see :mod:`mass_ref.lm.generate`). Adapted problems run each with its
+    own φ' in those batches (:func:`~mass_ref.lm.per_problem_lora.per_problem_lora`), and their updates are
+    taken together, at most ``update_rows`` examples per forward and backward
+    (:func:`~mass_ref.lm.per_problem_lora.sgd_per_problem`; lower it if that runs out of memory). The model's
+    LoRA tensors are never changed. Returns ``(correct, gold_loss)``.
     """
     if examples is not None and len(examples) != len(problems):
         raise ValueError(f"need one example list per problem; got {len(examples)} for {len(problems)} problems.")
     if weights is not None and len(weights) != len(problems):
         raise ValueError(f"need one weight list (or None) per problem; got {len(weights)} for {len(problems)}.")
-    device = next(model.parameters()).device
+    if batch_size < 1 or update_rows < 1:
+        raise ValueError(f"batch_size and update_rows must be at least 1; got {batch_size} and {update_rows}.")
     updates = [[] if examples is None or num_steps == 0 else list(examples[i]) for i in range(len(problems))]
-    unadapted = [i for i, ex in enumerate(updates) if not ex]
-    answers: dict[int, str] = dict(zip(unadapted, generate_answers(
-        model, tokenizer, [fmt.solve(problems[i].question) for i in unadapted], max_new_tokens=max_new_tokens,
-        batch_size=batch_size, add_bos=fmt.add_bos)))
-    correct, losses = [], []
-    iterator: Sequence[ArithmeticProblem] = problems
-    if progress:
-        iterator = progress_bar(problems, desc="test-time training")
-    for i, problem in enumerate(iterator):
-        ex = updates[i]
+    for i, ex in enumerate(updates):
         w = None if weights is None or not ex else weights[i]
-        gold = sft_batch(tokenizer, [fmt.solve_pair(problem.question, problem.solution)], add_bos=fmt.add_bos)
-        with adapted_lora(model, tokenizer, ex, num_steps=num_steps, lr=inner_lr, optimizer="sgd", weights=w,
-                          add_bos=fmt.add_bos):
-            if i not in answers:
-                (answers[i],) = generate_answers(model, tokenizer, [fmt.solve(problem.question)],
-                                                 max_new_tokens=max_new_tokens, add_bos=fmt.add_bos)
-            with torch.no_grad():
-                losses.append(sft_losses_per_example(model, gold.to(device)).item())
-        correct.append(is_correct(answers[i], problem.answer))
-    return correct, losses
+        if w is not None and len(w) != len(ex):
+            raise ValueError(f"problem {i} has {len(ex)} examples but {len(w)} weights; pass one weight per example.")
+    answers: list[str] = [""] * len(problems)
+    losses: list[float] = [0.0] * len(problems)
+    bar = progress_bar(range(len(problems)), enabled=progress, desc="test-time training")
+    adapted = [i for i, ex in enumerate(updates) if ex]
+    for chunk in _chunks([i for i, ex in enumerate(updates) if not ex], batch_size):  # one φ for all of them
+        _answer_and_score(model, tokenizer, fmt, [problems[i] for i in chunk], max_new_tokens, answers, losses, chunk)
+        bar.update(len(chunk))
+    for chunk in _chunks(adapted, batch_size):  # each problem with its own φ'
+        parts = []
+        for part in _chunks_by_size(chunk, [len(updates[i]) for i in chunk], update_rows):
+            part_weights = None if weights is None else [weights[i] for i in part]
+            batch, rows, w = _update_batch(tokenizer, fmt, [updates[i] for i in part], part_weights)
+            parts.append(sgd_per_problem(model, batch, rows, num_problems=len(part), num_steps=num_steps, lr=inner_lr,
+                                         weights=w))
+        stacked = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+        with per_problem_lora(model) as lora:
+            lora.use(stacked, range(len(chunk)))
+            _answer_and_score(model, tokenizer, fmt, [problems[i] for i in chunk], max_new_tokens, answers, losses,
+                              chunk)
+        bar.update(len(chunk))
+    bar.close()
+    return [is_correct(a, p.answer) for a, p in zip(answers, problems)], losses
+
+
+def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
+    return [list(items[k:k + size]) for k in range(0, len(items), size)]
+
+
+def _chunks_by_size(items: Sequence[int], sizes: Sequence[int], limit: int) -> list[list[int]]:
+    """Consecutive groups of ``items`` whose ``sizes`` sum to at most ``limit`` (an item above it goes alone)."""
+    groups: list[list[int]] = [[]]
+    total = 0
+    for item, size in zip(items, sizes):
+        if groups[-1] and total + size > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(item)
+        total += size
+    return groups
+
+
+def _update_batch(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, examples: Sequence[Sequence[Example]],
+                  weights: Sequence[Sequence[float] | None] | None) -> tuple[SFTBatch, list[int], torch.Tensor | None]:
+    """One SFT batch of several problems' examples, each example's problem index, and the weights (None: 1/m_p)."""
+    rows = [p for p, ex in enumerate(examples) for _ in ex]
+    batch = sft_batch(tokenizer, [pair for ex in examples for pair in ex], add_bos=fmt.add_bos)
+    if weights is None or all(w is None for w in weights):
+        return batch, rows, None
+    flat = [x for ex, w in zip(examples, weights) for x in ([1.0 / len(ex)] * len(ex) if w is None else w)]
+    return batch, rows, torch.tensor(flat)
+
+
+def _answer_and_score(model: nn.Module, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat,
+                      problems: Sequence[ArithmeticProblem], max_new_tokens: int, answers: list[str],
+                      losses: list[float], where: Sequence[int]) -> None:
+    """Greedy answers and gold losses of ``problems``, in one batch, written to ``answers``/``losses`` at ``where``."""
+    device = next(model.parameters()).device
+    decoded = generate_answers(model, tokenizer, [fmt.solve(p.question) for p in problems],
+                               max_new_tokens=max_new_tokens, batch_size=len(problems), add_bos=fmt.add_bos)
+    gold = sft_batch(tokenizer, [fmt.solve_pair(p.question, p.solution) for p in problems], add_bos=fmt.add_bos)
+    with torch.no_grad(), eval_mode(model):
+        gold_losses = sft_losses_per_example(model, gold.to(device)).tolist()
+    for k, i in enumerate(where):
+        answers[i], losses[i] = decoded[k], gold_losses[k]
 
 
 def scorer_auc(sets: Sequence[PracticeSet]) -> float:
