@@ -303,7 +303,7 @@ RUNTIME_MINUTES: dict[str, dict[str, float | None]] = {
     "02_metagradients_through_data": {"smoke": 0.2, "cpu": 0.9, "gpu": None},
     "03_mass_toy": {"smoke": 0.3, "cpu": 1.3, "gpu": None},
     "04_lm_test_time_training": {"smoke": 0.3, "cpu": 1.6, "gpu": None},
-    "05_mass_llm": {"smoke": 1.0, "cpu": 32.0, "gpu": None},
+    "05_mass_llm": {"smoke": 1.0, "cpu": 14.0, "gpu": None},
     "06_scalable_metagradients": {"smoke": 1.0, "cpu": 4.0, "gpu": None},
     "07_mass_gpu": {"smoke": 0.3, "cpu": 0.2, "gpu": None},
 }

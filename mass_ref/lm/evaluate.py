@@ -184,7 +184,7 @@ def ttt_results(
     weights: Sequence[Sequence[float] | None] | None = None,
     progress: bool = False,
     batch_size: int = 16,
-    update_rows: int = 32,
+    update_rows: int = 12,
 ) -> tuple[list[bool], list[float]]:
     """Per problem i: SGD on ``examples[i]`` (weights ``weights[i]``), then the greedy answer's correctness
     and the gold solution's loss ℓ_SFT(φ'; T, R*), both under the same adapted φ' (one update each).
