@@ -113,6 +113,16 @@ def _method_rows(prefix: str, methods: tuple[str, ...]) -> tuple[tuple[str, ...]
     return tuple((METHOD_LABELS[m], ci(f"{prefix}acc_{m}", ".2f"), f"{{{prefix}gold_loss_{m}:.3f}}") for m in methods)
 
 
+def _lm_tables(prefix: str, caption: str) -> tuple[Table, Table]:
+    """Chapter 5's two tables (every row, then the paired differences) over keys ``{prefix}acc_<row>`` ...."""
+    return (Table(caption=caption, header=("row", "accuracy", "gold loss after the update"),
+                  rows=_method_rows(prefix, tuple(METHOD_LABELS))),
+            Table(caption="Paired differences per problem, ± 95% CI:",
+                  header=("paired difference", "accuracy", "gold loss", "isolates"),
+                  rows=tuple((f"{a} − {b}", ci(f"{prefix}acc_{a}_minus_{b}", "+.2f"),
+                              ci(f"{prefix}gold_loss_{a}_minus_{b}", "+.3f"), what) for a, b, what in PAIRS)))
+
+
 TABLES: dict[str, tuple[Table, ...]] = {
     "01_maml_sine": (
         Table(
@@ -190,14 +200,8 @@ TABLES: dict[str, tuple[Table, ...]] = {
                      "{practice_right_rate:.0%} / {practice_same_skills_rate:.0%}"))),
     ),
     "05_mass_llm": (
-        Table(caption="Tiny LM; {tiny_n_problems} held-out problems over {tiny_n_seeds} seeds, {meta_steps} "
-                      "meta-steps per method and seed; mean ± 95% CI.",
-              header=("row", "accuracy", "gold loss after the update"),
-              rows=_method_rows("tiny_", tuple(METHOD_LABELS))),
-        Table(caption="Paired differences per problem, ± 95% CI:",
-              header=("paired difference", "accuracy", "gold loss", "isolates"),
-              rows=tuple((f"{a} − {b}", ci(f"tiny_acc_{a}_minus_{b}", "+.2f"),
-                          ci(f"tiny_gold_loss_{a}_minus_{b}", "+.3f"), what) for a, b, what in PAIRS)),
+        *_lm_tables("tiny_", "Tiny LM; {tiny_n_problems} held-out problems over {tiny_n_seeds} seeds, {meta_steps} "
+                    "meta-steps per method and seed; mean ± 95% CI."),
         Table(header=("quantity", "value"),
               rows=(("related practice: oracle right-only − TT-SS, both on related problems",
                      ci("tiny_acc_oracle_right_only_related_minus_tt_ss_related", "+.2f")),

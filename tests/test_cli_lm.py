@@ -184,6 +184,7 @@ def test_python_dash_m_evaluates_every_row(straight: Path) -> None:
     assert {"acc_mass_minus_mass_no_update", "gold_loss_mass_minus_mass_uniform_ci95",
             "acc_mass_oracle_right_only_minus_mass_no_update_ci95"} <= set(report)
     assert report["n_problems"] == SMOKE["evaluate"]["n_problems"] and report["n_seeds"] == 1
+    assert report["meta_steps"] == SMOKE["steps"]
     assert (report["precision"], report["device"], report["device_name"]) == ("fp32", "cpu", "cpu")  # "auto" on a CPU
     assert "precision fp32 on cpu" in result.stdout
     assert (straight.parent / "run" / "eval_seed0.json").is_file()

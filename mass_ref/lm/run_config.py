@@ -168,8 +168,8 @@ def evaluate(config: LMRunConfig, *, progress: bool = False) -> dict[str, float]
     """Accuracy of the base methods and of every trained one on held-out problems, pooled over seeds.
 
     Writes ``eval_seed<N>.json`` per seed (reused when present) and ``eval.json``
-    (:func:`~mass_ref.lm.summary.summarize_lm_methods`, with this evaluation's ``precision``, ``device`` and
-    ``device_name``: :func:`~mass_ref.lm.summary.run_environment`).
+    (:func:`~mass_ref.lm.summary.summarize_lm_methods`, with the trained runs' ``meta_steps`` and this evaluation's
+    ``precision``, ``device`` and ``device_name``: :func:`~mass_ref.lm.summary.run_environment`).
 
     Raises:
         ConfigError: ``output_dir`` holds another config, or unfinished training (naming each run).
@@ -205,7 +205,7 @@ def evaluate(config: LMRunConfig, *, progress: bool = False) -> dict[str, float]
             write_atomically(path, json.dumps(kept) + "\n")
             partial.unlink(missing_ok=True)
         per_seed[seed] = json.loads(path.read_text())
-    summary = {**summarize_lm_methods(per_seed),
+    summary = {**summarize_lm_methods(per_seed), "meta_steps": config.steps,
                **run_environment(config.mass.precision, next(model.parameters()).device)}
     write_atomically(out / "eval.json", json.dumps(summary, indent=2) + "\n")
     return summary
