@@ -2,7 +2,8 @@
 
 Every method answers a held-out problem T the same way (:func:`ttt_results`): adapt the
 LoRA tensors with ``steps`` plain SGD steps of step size α on Σ_i w_i ℓ_SFT(p_i, a_i), answer
-greedily and score the gold solution's loss, restore the adapter. The methods differ only in where
+greedily and score the gold solution's loss under the adapted φ', then drop φ' (many problems at once, each
+batch row with its own φ': :mod:`mass_ref.lm.per_problem_lora`). The methods differ only in where
 (p_i, a_i) and w_i come from:
 
 =================  ==========================================================================
