@@ -88,7 +88,8 @@ def test_no_raw_dump_outside_the_details_blocks() -> None:
     assert RAW_ROW.search(page), "the check itself: the raw rows exist inside <details>"
     outside = DETAILS.sub("", page)
     assert not RAW_ROW.search(outside) and "| key | value |" not in outside
-    assert page.count("<details") == page.count("</details>") == len(CHAPTERS)
+    quoted_files = len(mkdocs_hooks.RESULTS.findall((ROOT / "docs" / "results.md").read_text()))
+    assert page.count("<details") == page.count("</details>") == quoted_files >= len(CHAPTERS)
 
 
 def test_the_readmes_results_tables_are_on_the_page() -> None:
