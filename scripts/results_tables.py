@@ -113,14 +113,22 @@ def _method_rows(prefix: str, methods: tuple[str, ...]) -> tuple[tuple[str, ...]
     return tuple((METHOD_LABELS[m], ci(f"{prefix}acc_{m}", ".2f"), f"{{{prefix}gold_loss_{m}:.3f}}") for m in methods)
 
 
-def _lm_tables(prefix: str, caption: str) -> tuple[Table, Table]:
-    """Chapter 5's two tables (every row, then the paired differences) over keys ``{prefix}acc_<row>`` ...."""
+# the rows of configs/lm_mass_smollm2.yaml's evaluation that were run (results/cpu/lm_mass_smollm2.json names the rest)
+SMOLLM2_ROWS = tuple(m for m in METHOD_LABELS if m not in ("related_gold", "mass_gold_uniform",
+                                                          "mass_gold_oracle_right_only", "mass_gold_checked_only",
+                                                          "mass_gold"))
+SMOLLM2_PAIRS = tuple((a, b, what) for a, b, what in PAIRS if a in SMOLLM2_ROWS and b in SMOLLM2_ROWS)
+
+
+def _lm_tables(prefix: str, caption: str, methods: tuple[str, ...] = tuple(METHOD_LABELS),
+               pairs: tuple[tuple[str, str, str], ...] = PAIRS) -> tuple[Table, Table]:
+    """Chapter 5's two tables (``methods``' rows, then ``pairs``' differences) over keys ``{prefix}acc_<row>`` ...."""
     return (Table(caption=caption, header=("row", "accuracy", "gold loss after the update"),
-                  rows=_method_rows(prefix, tuple(METHOD_LABELS))),
+                  rows=_method_rows(prefix, methods)),
             Table(caption="Paired differences per problem, ± 95% CI:",
                   header=("paired difference", "accuracy", "gold loss", "isolates"),
                   rows=tuple((f"{a} − {b}", ci(f"{prefix}acc_{a}_minus_{b}", "+.2f"),
-                              ci(f"{prefix}gold_loss_{a}_minus_{b}", "+.3f"), what) for a, b, what in PAIRS)))
+                              ci(f"{prefix}gold_loss_{a}_minus_{b}", "+.3f"), what) for a, b, what in pairs)))
 
 
 TABLES: dict[str, tuple[Table, ...]] = {
@@ -233,6 +241,10 @@ TABLES: dict[str, tuple[Table, ...]] = {
                      "{acc_mass_gold_exact:.2f} / {acc_mass_gold_first_order:.2f}"),
                     ("… drop with first-order", "{acc_drop_first_order:.2f} ± {acc_drop_first_order_ci95:.3f}"))),
     ),
+    # SmolLM2-135M-Instruct trained and evaluated by the command line: configs/lm_mass_smollm2.yaml's eval.json
+    "lm_mass_smollm2": _lm_tables("", "SmolLM2-135M-Instruct; {n_problems} held-out problems, {n_seeds} seed, "
+                                      "{meta_steps} meta-steps per method; mean ± 95% CI; not run: {rows_not_run}.",
+                                  SMOLLM2_ROWS, SMOLLM2_PAIRS),
     "07_mass_gpu": (
         Table(caption="Device {device}, model `{model}`, {train_data} → {test_data}, {n_problems} problems, "
                       "{meta_steps} meta-steps; peak memory {peak_memory_gb:.2f} GB; mean ± 95% CI.",
