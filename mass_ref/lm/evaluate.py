@@ -214,8 +214,9 @@ def ttt_results(
     answers: list[str] = [""] * len(problems)
     losses: list[float] = [0.0] * len(problems)
     bar = progress_bar(range(len(problems)), enabled=progress, desc="test-time training")
+    unadapted = [i for i, ex in enumerate(updates) if not ex]
     adapted = [i for i, ex in enumerate(updates) if ex]
-    for chunk in _chunks([i for i, ex in enumerate(updates) if not ex], batch_size):  # one φ for all of them
+    for chunk in _chunks(unadapted, batch_size):  # one φ for all of them
         _answer_and_score(model, tokenizer, fmt, [problems[i] for i in chunk], max_new_tokens, answers, losses, chunk)
         bar.update(len(chunk))
     for chunk in _chunks(adapted, batch_size):  # each problem with its own φ'
