@@ -188,6 +188,13 @@ def main() -> None:
         print(line)
     for n in names:
         print(f"{n}: answer pass rate per step (warm-up first) {columns[n].get('answer_pass_rates')}")
+    if len(names) == 2:  # the same seeds in both columns: step t samples the same problems and draws in both
+        today, base = (columns[n]["runs"]["whole meta-step"] for n in names)
+        rates = columns[names[0]]["answer_pass_rates"][1:]
+        for t, (a, b, rate) in enumerate(zip(today, base, rates), start=1):
+            signal = "no verifier signal" if rate in (0.0, 1.0) else f"answer pass rate {rate:.3f}"
+            print(f"step {t}: {a:6.1f} s / {b:6.1f} s = {a / b:.2f}x  ({signal})")
+        print(f"all {len(today)} steps: {sum(today):.1f} s / {sum(base):.1f} s = {sum(today) / sum(base):.2f}x")
     for n in names:
         med = columns[n]["medians"]
         print(f"{n}: meta-gradient alone at K = 1 / LoRA SFT step = "

@@ -554,6 +554,47 @@ class _GradientRecorder:
             p.grad = None
 
 
+def test_the_policy_update_skips_chunks_whose_advantages_are_all_zero(peft64, pretrained) -> None:
+    """A chunk of A = 0 rows is never forwarded, yet the gradient is L_clip's over every row (an independent
+    autograd of the all-row surrogate plus γ·L_solve); with no signal at all the optimiser still steps on γ·L_solve."""
+    from mass_ref.grpo import clipped_policy_loss
+    from mass_ref.lm import completion_logprobs
+    from mass_ref.lm.mass import _policy_update
+
+    tokenizer = pretrained[1]
+    problems = task_problems(SPEC, 6, split="train", seed=5)
+    prompts = [PLAIN.solve(p.question) for p in problems]
+    answers = [p.solution + " extra" * i for i, p in enumerate(problems)]
+    advantages = torch.tensor([0.5, -1.0, 0.0, 0.0, 0.0, 0.5], dtype=torch.float64)  # chunks of 2: the middle is 0
+    gold = sft_batch(tokenizer, [PLAIN.solve_pair(p.question, p.solution) for p in problems[:2]], add_bos=True)
+    params = list(lora_parameters(peft64).values())
+    seen: list[slice] = []
+
+    def logp(rows: slice) -> torch.Tensor:
+        seen.append(rows)
+        return completion_logprobs(peft64, tokenizer, PLAIN, prompts[rows], answers[rows], device=torch.device("cpu"))
+
+    def solve_loss() -> torch.Tensor:
+        return 0.1 * sft_losses_per_example(peft64, gold).mean()
+
+    recorder = _GradientRecorder(params)
+    config = dataclasses.replace(SMALL, micro_batch_size=2, ppo_epochs=1)
+    value = _policy_update(peft64, recorder, logp, advantages, config, solve_loss, None)
+    assert seen == [slice(0, 2), slice(4, 6)]
+    every_row = completion_logprobs(peft64, tokenizer, PLAIN, prompts, answers, device=torch.device("cpu"))
+    surrogate = clipped_policy_loss(every_row, every_row.detach(), advantages, SMALL.clip_eps)
+    assert value == pytest.approx(surrogate.item(), rel=1e-9)
+    for got, want in zip(recorder.steps[0], torch.autograd.grad(surrogate + solve_loss(), params)):
+        assert (got - want).norm() <= 1e-9 * want.norm()
+    seen.clear()
+    recorder = _GradientRecorder(params)
+    no_signal = dataclasses.replace(config, micro_batch_size=None, ppo_epochs=2)
+    assert _policy_update(peft64, recorder, logp, torch.zeros(6, dtype=torch.float64), no_signal, solve_loss, None) == 0
+    assert seen == [] and len(recorder.steps) == 2  # one optimiser step per epoch, on γ·L_solve alone
+    for got, want in zip(recorder.steps[1], torch.autograd.grad(solve_loss(), params)):
+        assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_micro_batched_policy_updates_have_the_full_batchs_gradient_and_steps(peft64, pretrained,
                                                                               checkpointing) -> None:

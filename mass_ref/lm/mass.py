@@ -240,11 +240,14 @@ def _policy_update(model: nn.Module, optimizer: torch.optim.Optimizer, logp_fn: 
     and a backward of its own, so Σ_C = L_clip over all n (a mean) and the summed gradient is the full
     batch's, while only one chunk's activations are alive (:mod:`mass_ref.lm.memory`). π_old is each
     chunk's own first-epoch log π (detached); γ·L_solve (``extra_loss``) is backpropagated once per epoch.
+    A chunk whose advantages are all 0 (no verifier signal, equal attributions) adds exactly 0 to the loss
+    and to every gradient, so it is not run at all; the optimiser still steps every epoch.
     """
     params = list(lora_parameters(model).values())
     n = advantages.shape[0]
     size = config.micro_batch_size or n
     chunks = [slice(start, min(start + size, n)) for start in range(0, n, size)]
+    chunks = [chunk for chunk in chunks if bool(advantages[chunk].any())]  # skipping a zero chunk is exact
     logp_old: list[Tensor] = []
     value = 0.0
     for epoch in range(config.ppo_epochs):
