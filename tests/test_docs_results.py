@@ -181,3 +181,12 @@ def test_the_tables_render_as_html_tables() -> None:
 
 def test_the_table_specs_doctest() -> None:
     assert doctest.testmod(results_tables).failed == 0
+
+
+def test_the_readme_smollm2_block_is_the_rendering_of_its_results_file() -> None:
+    """The README's SmolLM2 command-line tables are exactly what results/cpu/lm_mass_smollm2.json renders to."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- smollm2-cli:start -->\n(.*?)\n<!-- smollm2-cli:end -->", readme, re.S)
+    assert block is not None, "README.md lost its <!-- smollm2-cli:start/end --> markers"
+    data = json.loads((ROOT / "results" / "cpu" / "lm_mass_smollm2.json").read_text())
+    assert block.group(1) == results_tables.render_tables("lm_mass_smollm2", data, "results/cpu/lm_mass_smollm2.json")
