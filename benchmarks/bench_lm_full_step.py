@@ -188,7 +188,8 @@ def main() -> None:
         print(line)
     for n in names:
         print(f"{n}: answer pass rate per step (warm-up first) {columns[n].get('answer_pass_rates')}")
-    if len(names) == 2:  # the same seeds in both columns: step t samples the same problems and draws in both
+    if len(names) == 2:  # step t: the same problems and seeds in both columns (a revision whose φ' differs by
+        # rounding can still draw other answers: the pass rates above say where)
         today, base = (columns[n]["runs"]["whole meta-step"] for n in names)
         rates = columns[names[0]]["answer_pass_rates"][1:]
         for t, (a, b, rate) in enumerate(zip(today, base, rates), start=1):
