@@ -113,15 +113,14 @@ def _method_rows(prefix: str, methods: tuple[str, ...]) -> tuple[tuple[str, ...]
     return tuple((METHOD_LABELS[m], ci(f"{prefix}acc_{m}", ".2f"), f"{{{prefix}gold_loss_{m}:.3f}}") for m in methods)
 
 
-def _lm_tables(prefix: str, caption: str, methods: tuple[str, ...] = tuple(METHOD_LABELS),
-               pairs: tuple[tuple[str, str, str], ...] = PAIRS) -> tuple[Table, Table]:
-    """Chapter 5's two tables (``methods``' rows, then ``pairs``' differences) over keys ``{prefix}acc_<row>`` ...."""
+def _lm_tables(prefix: str, caption: str) -> tuple[Table, Table]:
+    """Chapter 5's two tables (every row, then the paired differences) over keys ``{prefix}acc_<row>`` ...."""
     return (Table(caption=caption, header=("row", "accuracy", "gold loss after the update"),
-                  rows=_method_rows(prefix, methods)),
+                  rows=_method_rows(prefix, tuple(METHOD_LABELS))),
             Table(caption="Paired differences per problem, ± 95% CI:",
                   header=("paired difference", "accuracy", "gold loss", "isolates"),
                   rows=tuple((f"{a} − {b}", ci(f"{prefix}acc_{a}_minus_{b}", "+.2f"),
-                              ci(f"{prefix}gold_loss_{a}_minus_{b}", "+.3f"), what) for a, b, what in pairs)))
+                              ci(f"{prefix}gold_loss_{a}_minus_{b}", "+.3f"), what) for a, b, what in PAIRS)))
 
 
 TABLES: dict[str, tuple[Table, ...]] = {
