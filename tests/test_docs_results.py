@@ -32,6 +32,11 @@ def _page(root: Path = ROOT) -> str:
     return mkdocs_hooks.expand((ROOT / "docs" / "results.md").read_text(), root)
 
 
+def _quoted_files() -> int:
+    """How many ``{{ results:… }}`` placeholders docs/results.md has (a chapter may quote more than one file)."""
+    return len(mkdocs_hooks.RESULTS.findall((ROOT / "docs" / "results.md").read_text()))
+
+
 def _sections(page: str) -> dict[str, str]:
     """The page's ``## NN · …`` sections by chapter number."""
     parts = re.split(r"^## (\d\d) · .*$", page, flags=re.M)
@@ -88,7 +93,7 @@ def test_no_raw_dump_outside_the_details_blocks() -> None:
     assert RAW_ROW.search(page), "the check itself: the raw rows exist inside <details>"
     outside = DETAILS.sub("", page)
     assert not RAW_ROW.search(outside) and "| key | value |" not in outside
-    quoted_files = len(mkdocs_hooks.RESULTS.findall((ROOT / "docs" / "results.md").read_text()))
+    quoted_files = _quoted_files()
     assert page.count("<details") == page.count("</details>") == quoted_files >= len(CHAPTERS)
 
 
@@ -172,7 +177,7 @@ def test_every_figure_the_page_shows_exists() -> None:
 def test_the_tables_render_as_html_tables() -> None:
     """Converted with the site's extensions: a <table> per table, folded keys in <details>, no stray `|` text."""
     html = markdown.markdown(_page(), extensions=["tables", "md_in_html", "admonition"])
-    quoted_files = len(mkdocs_hooks.RESULTS.findall((ROOT / "docs" / "results.md").read_text()))
+    quoted_files = _quoted_files()
     assert html.count("<table>") == len(_tables(_page())) + quoted_files  # + one per collapsed key list
     assert html.count("<details>") == quoted_files and "markdown=" not in html
     stray = [line for line in re.sub(r"<[^>]+>", "\n", html).splitlines() if line.strip().startswith("|")]
