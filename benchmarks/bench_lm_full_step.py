@@ -37,7 +37,7 @@ PHASES = {  # phase -> names in mass_ref.lm.mass that lm_meta_step calls for it 
     "score (features)": ("scorer_features",),
     "inner steps again, to sample from φ'": ("_sample_adapted_answers",),
     "meta-gradient (K steps, outer, attribution)": ("weight_meta_gradient",),
-    "generator policy update": ("_policy_update",),
+    "generator policy update": ("_policy_update", "clipped_policy_update"),
 }
 
 

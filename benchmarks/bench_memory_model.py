@@ -5,7 +5,7 @@
 Each measurement runs in a fresh Python process (``--child CASE_JSON``, one JSON line out) with
 ``MALLOC_MMAP_THRESHOLD_=65536``, so that glibc returns freed tensors to the system and the resident set
 follows the live bytes (on a CUDA device the allocator's own peak is read). A case is a policy-update chunk
-(``mass_ref.lm.mass._policy_update`` over ``n`` sequences, ``micro_batch_size`` at a time, with or without
+(``mass_ref.lm.clipped_policy_update`` over ``n`` sequences, ``micro_batch_size`` at a time, with or without
 layer checkpointing) or one meta-gradient (``weight_meta_gradient`` "checkpointed"/"unroll", m support
 examples, K steps, a one-example outer loss). Figures are printed, never asserted (tests/test_memory.py
 asserts the tolerances).
@@ -64,7 +64,7 @@ def run_case(case: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     """Measure one case in this process and predict it; returns the case with ``measured``/``predicted`` bytes."""
     import torch
 
-    from mass_ref.lm.mass import LMMassConfig, _policy_update
+    from mass_ref.lm.policy_update import clipped_policy_update
     from mass_ref.lm.memory import ModelShape, measure_peak_bytes, meta_gradient_memory, policy_chunk_memory
     from mass_ref.lm.models import lora_parameters
     from mass_ref.lm.sft import sft_losses_per_example
@@ -78,8 +78,6 @@ def run_case(case: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
         batch = _batch(case["n"], case["seq_len"], case["supervised"], shape.vocab).to(device)
         params = list(lora_parameters(model).values())
         optimizer = torch.optim.SGD(params, lr=1e-3)
-        mass = LMMassConfig(micro_batch_size=case["chunk"], gradient_checkpointing=case.get("checkpointing", False),
-                            precision="fp32")
         advantages = torch.linspace(-1, 1, case["n"], device=device)
 
         def logp(s: slice) -> torch.Tensor:
@@ -87,7 +85,8 @@ def run_case(case: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
             return -sft_losses_per_example(model, chunk)
 
         def update(n: int) -> None:
-            _policy_update(model, optimizer, logp, advantages[:n], mass, None, None)
+            clipped_policy_update(model, optimizer, logp, advantages[:n], ppo_epochs=1, clip_eps=0.2,
+                                  micro_batch_size=case["chunk"], gradient_checkpointing=case.get("checkpointing", False))
 
         update(1)  # warm-up: the first backward maps code and per-thread buffers that are not tensors
         measured = measure_peak_bytes(lambda: update(case["n"]), device)

@@ -28,7 +28,7 @@ import torch
 from mass_ref.config import load_config
 from mass_ref.lm import (checked_only, practice_sets, right_only, scorer_auc, scorer_features, selection_rates,
                          task_problems, ttt_results)
-from mass_ref.lm.experiment import SHIPPED_RUNS, _trained_state
+from mass_ref.lm.experiment import SHIPPED_RUNS, load_trained_state
 from mass_ref.lm.spec import load_lm_for_mass
 from mass_ref.results import mean_ci95
 from mass_ref.stats import roc_auc
@@ -71,7 +71,7 @@ def main() -> None:
         rows: dict[str, list[float]] = {}
         extra: dict[str, list[float]] = {}
         for seed in args.seeds:
-            scorer = _trained_state(model, SHIPPED_RUNS / "tiny", method, seed, config.steps)
+            scorer = load_trained_state(model, SHIPPED_RUNS / "tiny", method, seed, config.steps)
 
             def attempts(problems):
                 return practice_sets(model, tokenizer, fmt, problems, m=config.evaluate.num_examples,

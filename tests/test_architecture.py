@@ -30,8 +30,8 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "sine chapters": (2, ("maml", "distill")),
     "toy": (3, ("toy.base", "toy.evaluate", "toy.generator", "toy.mass", "toy.problems", "toy.scorer")),
     "lm": (3, ("lm.tokenizer", "lm.precision", "lm.amp", "lm.sft", "lm.formats", "lm.models", "lm.generate", "lm.tiny",
-               "lm.practice", "lm.scorer", "lm.problems", "lm.ttt", "lm.per_problem_lora", "lm.timing", "lm.mass",
-               "lm.evaluate", "lm.trainer", "lm.spec", "lm.metagrad_cost", "lm.memory")),
+               "lm.practice", "lm.scorer", "lm.problems", "lm.ttt", "lm.per_problem_lora", "lm.timing",
+               "lm.policy_update", "lm.mass", "lm.evaluate", "lm.trainer", "lm.spec", "lm.metagrad_cost", "lm.memory")),
     "toy experiment": (4, ("toy.experiment",)),
     "lm experiment": (4, ("lm.experiment", "lm.summary", "lm.run_config")),
     "package facades": (5, ("", "toy", "lm")),  # the __init__ files that re-export the public API

@@ -507,7 +507,9 @@ def test_shipped_runs_are_used_only_for_the_same_model_config_seed_and_steps(pre
     state["scorer"]["stats.weight"] = state["scorer"]["stats.weight"][:, :3]
     save_checkpoint(tmp_path / "old" / "mass_gold_seed0.pt", state)
     with pytest.raises(ValueError, match=r"mass_gold_seed0\.pt holds a scorer of 3 statistics.*Delete the file"):
-        experiment._trained_state(model, tmp_path / "old", "mass_gold", 0, 1)
+        experiment.load_trained_state(model, tmp_path / "old", "mass_gold", 0, 1)
+    with pytest.raises(ValueError, match=r"mass_gold_seed0\.pt holds 0/1 steps; train it first"):
+        experiment.load_trained_state(model, tmp_path / "nothing", "mass_gold", 0, 1)
 
 
 def test_practice_kind_is_checked_and_self_practice_is_the_target_itself() -> None:
@@ -541,7 +543,7 @@ def test_rows_that_need_skill_labels_are_refused_on_benchmarks_before_any_work(p
 
 
 class _GradientRecorder:
-    """An optimiser stand-in for ``_policy_update``: records each step's ``.grad`` and moves nothing."""
+    """An optimiser stand-in for ``clipped_policy_update``: records each step's ``.grad`` and moves nothing."""
 
     def __init__(self, params: list[torch.Tensor]) -> None:
         self.params, self.steps = params, []
@@ -559,7 +561,7 @@ def test_the_policy_update_skips_chunks_whose_advantages_are_all_zero(peft64, pr
     autograd of the all-row surrogate plus γ·L_solve); with no signal at all the optimiser still steps on γ·L_solve."""
     from mass_ref.grpo import clipped_policy_loss
     from mass_ref.lm import completion_logprobs
-    from mass_ref.lm.mass import _policy_update
+    from mass_ref.lm import clipped_policy_update
 
     tokenizer = pretrained[1]
     problems = task_problems(SPEC, 6, split="train", seed=5)
@@ -578,8 +580,8 @@ def test_the_policy_update_skips_chunks_whose_advantages_are_all_zero(peft64, pr
         return 0.1 * sft_losses_per_example(peft64, gold).mean()
 
     recorder = _GradientRecorder(params)
-    config = dataclasses.replace(SMALL, micro_batch_size=2, ppo_epochs=1)
-    value = _policy_update(peft64, recorder, logp, advantages, config, solve_loss, None)
+    value = clipped_policy_update(peft64, recorder, logp, advantages, ppo_epochs=1, clip_eps=SMALL.clip_eps,
+                                  micro_batch_size=2, extra_loss=solve_loss)
     assert seen == [slice(0, 2), slice(4, 6)]
     every_row = completion_logprobs(peft64, tokenizer, PLAIN, prompts, answers, device=torch.device("cpu"))
     surrogate = clipped_policy_loss(every_row, every_row.detach(), advantages, SMALL.clip_eps)
@@ -588,11 +590,29 @@ def test_the_policy_update_skips_chunks_whose_advantages_are_all_zero(peft64, pr
         assert (got - want).norm() <= 1e-9 * want.norm()
     seen.clear()
     recorder = _GradientRecorder(params)
-    no_signal = dataclasses.replace(config, micro_batch_size=None, ppo_epochs=2)
-    assert _policy_update(peft64, recorder, logp, torch.zeros(6, dtype=torch.float64), no_signal, solve_loss, None) == 0
+    assert clipped_policy_update(peft64, recorder, logp, torch.zeros(6, dtype=torch.float64), ppo_epochs=2,
+                                 clip_eps=SMALL.clip_eps, extra_loss=solve_loss) == 0
     assert seen == [] and len(recorder.steps) == 2  # one optimiser step per epoch, on γ·L_solve alone
     for got, want in zip(recorder.steps[1], torch.autograd.grad(solve_loss(), params)):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(("advantages", "options", "message"), [
+    (torch.zeros(2, 3), {}, r"advantages must be 1-D.*\(2, 3\)"),
+    (torch.zeros(6), {"ppo_epochs": 0}, r"ppo_epochs must be an integer >= 1; got 0"),
+    (torch.zeros(6), {"clip_eps": 0.0}, r"clip_eps must be positive; got 0.0"),
+    (torch.zeros(6), {"micro_batch_size": 0}, r"micro_batch_size must be None \(one pass\) or an integer >= 1; got 0"),
+])
+def test_the_policy_update_refuses_bad_input_before_any_work(peft64, advantages, options, message) -> None:
+    from mass_ref.lm import clipped_policy_update
+
+    def logp(rows: slice) -> torch.Tensor:
+        raise AssertionError("a sequence was forwarded before the arguments were checked")
+
+    recorder = _GradientRecorder(list(lora_parameters(peft64).values()))
+    with pytest.raises(ValueError, match=message):
+        clipped_policy_update(peft64, recorder, logp, advantages, **{"ppo_epochs": 1, "clip_eps": 0.2, **options})
+    assert recorder.steps == []
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -601,7 +621,7 @@ def test_micro_batched_policy_updates_have_the_full_batchs_gradient_and_steps(pe
     import copy
 
     from mass_ref.lm import completion_logprobs
-    from mass_ref.lm.mass import _policy_update
+    from mass_ref.lm import clipped_policy_update
 
     tokenizer = pretrained[1]
     problems = task_problems(SPEC, 5, split="train", seed=4)
@@ -611,12 +631,11 @@ def test_micro_batched_policy_updates_have_the_full_batchs_gradient_and_steps(pe
     gold = sft_batch(tokenizer, [PLAIN.solve_pair(p.question, p.solution) for p in problems[:2]], add_bos=True)
 
     def run(model, optimizer, micro: int | None, epochs: int) -> float:
-        config = dataclasses.replace(SMALL, micro_batch_size=micro, ppo_epochs=epochs,
-                                     gradient_checkpointing=checkpointing)
-        return _policy_update(
+        return clipped_policy_update(
             model, optimizer,
             lambda s: completion_logprobs(model, tokenizer, PLAIN, prompts[s], answers[s], device=torch.device("cpu")),
-            advantages, config, lambda: 0.1 * sft_losses_per_example(model, gold).mean(), None)
+            advantages, ppo_epochs=epochs, clip_eps=SMALL.clip_eps, micro_batch_size=micro,
+            gradient_checkpointing=checkpointing, extra_loss=lambda: 0.1 * sft_losses_per_example(model, gold).mean())
 
     params = list(lora_parameters(peft64).values())
     recorded = {}

@@ -41,6 +41,7 @@ from mass_ref.lm.tiny import TinyLMSpec, pretrained_tiny_lm, task_problems
 from mass_ref.lm.scorer import NUM_STATS, LMScorer, scorer_features
 from mass_ref.lm.mass import (LMMassConfig, completion_logprobs, layer_checkpointing, lm_meta_step, problem_seed,
                               solver_grpo_step)
+from mass_ref.lm.policy_update import GradientAverager, clipped_policy_update
 from mass_ref.lm.problems import LMDataSpec, ProblemSource, TextProblem, text_problems
 from mass_ref.lm.trainer import train_lm_mass
 from mass_ref.lm.spec import ALL_LINEAR, LMModelSpec, load_lm_for_mass
@@ -54,6 +55,7 @@ from mass_ref.lm.experiment import (
     checkpoint_path,
     evaluate_lm_methods,
     evaluation_rows,
+    load_trained_state,
     model_fingerprint,
     train_lm_methods,
     use_shipped_runs,
@@ -146,6 +148,8 @@ __all__ = [
     "resolve_precision",
     "PracticeSet",
     "completion_logprobs",
+    "clipped_policy_update",
+    "GradientAverager",
     "layer_checkpointing",
     # the memory model (docs/scaling.md)
     "MemoryEstimate",
@@ -194,6 +198,7 @@ __all__ = [
     "checkpoint_path",
     "evaluate_lm_methods",
     "evaluation_rows",
+    "load_trained_state",
     "load_lm_for_mass",
     "model_fingerprint",
     "model_results",

@@ -67,8 +67,8 @@ from mass_ref.lm.tiny import TinyLMSpec
 from mass_ref.lm.trainer import train_lm_mass
 
 __all__ = ["EVAL_METHODS", "PAIRED_DIFFERENCES", "SHIPPED_RUNS", "TINY_ONLY_ROWS", "TRAINED_METHODS", "as_problem_source",
-           "checkpoint_path", "evaluate_lm_methods", "evaluation_rows", "model_fingerprint", "train_lm_methods",
-           "use_shipped_runs"]
+           "checkpoint_path", "evaluate_lm_methods", "evaluation_rows", "load_trained_state", "model_fingerprint",
+           "train_lm_methods", "use_shipped_runs"]
 
 TRAINED_METHODS = {"mass_gold": ("mass", "gold"), "mass": ("mass", "verifier"), "solver_grpo": ("solver_grpo", "gold")}
 """Trained method → (``LMMassConfig.method``, ``LMMassConfig.outer_mode``)."""
@@ -248,9 +248,27 @@ def _new_scorer(model: nn.Module, seed: int, device: torch.device, *, use_hidden
         return scorer.to(device=device, dtype=dtype)
 
 
-def _trained_state(model: nn.Module, output_dir: Path, method: str, seed: int, steps: int) -> LMScorer | None:
-    """Load a finished run's LoRA tensors into ``model``; return its scorer (None if it has none)."""
-    state = load_checkpoint(checkpoint_path(output_dir, method, seed))  # finished: evaluate_lm_methods checked
+def _finished_checkpoint(output_dir: Path, method: str, seed: int, steps: int) -> dict[str, Any]:
+    """The checkpoint of a run that has taken at least ``steps`` meta-steps; a ValueError naming the fix otherwise."""
+    path = checkpoint_path(output_dir, method, seed)
+    state = load_checkpoint(path)
+    done = 0 if state is None else len(state["history"])
+    if done < steps:
+        raise ValueError(f"{path} holds {done}/{steps} steps; train it first (train_lm_methods / "
+                         "`python -m mass_ref train` resume where they stopped).")
+    return state
+
+
+def load_trained_state(model: nn.Module, output_dir: Path, method: str, seed: int, steps: int) -> LMScorer | None:
+    """Load a finished run's LoRA tensors into ``model`` (in place); return its scorer (None if it has none).
+
+    The run is ``checkpoint_path(output_dir, method, seed)`` and must have taken ``steps`` meta-steps.
+
+    Raises:
+        ValueError: the run is missing or unfinished, or its scorer reads another number of statistics
+            (another version of mass_ref).
+    """
+    state = _finished_checkpoint(Path(output_dir), method, seed, steps)
     with torch.no_grad():
         for name, tensor in lora_parameters(model).items():
             tensor.copy_(state["lora"][name])
@@ -306,11 +324,7 @@ def evaluate_lm_methods(
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(EVAL_METHODS)}.")
     output_dir = Path(output_dir)
     for trained in dict.fromkeys(_ROWS[m][0] for m in methods if _ROWS[m][0] is not None):  # before any work
-        state = load_checkpoint(checkpoint_path(output_dir, trained, seed))
-        done = 0 if state is None else len(state["history"])
-        if done < steps:
-            raise ValueError(f"{checkpoint_path(output_dir, trained, seed)} holds {done}/{steps} steps; train it "
-                             "first (train_lm_methods / `python -m mass_ref train` resume where they stopped).")
+        _finished_checkpoint(output_dir, trained, seed, steps)
     source = as_problem_source(problems)
     needs_skills = [m for m in methods if m in TINY_ONLY_ROWS]
     if needs_skills and source.data.test != "tiny":
@@ -328,7 +342,7 @@ def evaluate_lm_methods(
     try:
         for trained, rows in by_trained.items():
             _reset_lora(model, initial)
-            scorer = None if trained is None else _trained_state(model, output_dir, trained, seed, steps)
+            scorer = None if trained is None else load_trained_state(model, output_dir, trained, seed, steps)
             sampled: dict[str, list[PracticeSet]] = {}
             for method in rows:
                 _, data, weighting = _ROWS[method]

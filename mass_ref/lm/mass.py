@@ -18,8 +18,9 @@ of training problems T_b with gold solutions R*_b, one MASS meta-step does
              backward pass is skipped);
 5. attribute: g_bi = ∂L_b/∂s_bi through the inner steps (second order); η ← Adam(∇_η mean_b L_b);
 6. generator: rewards r_bi = −g_bi, advantages normalised over the valid examples of each problem
-   (unparseable: ``invalid_advantage``), clipped GRPO on φ plus γ·L_solve, where
-   L_solve = mean_b ℓ_SFT(φ; T_b, R*_b) keeps the shared model a solver.
+   (unparseable: ``invalid_advantage``), clipped GRPO on φ plus γ·L_solve
+   (:func:`~mass_ref.lm.policy_update.clipped_policy_update`), where L_solve = mean_b ℓ_SFT(φ; T_b, R*_b)
+   keeps the shared model a solver.
 
 Log-probabilities of a completion are its mean token log-probability (sequence-level ratio,
 length-normalised), computed on the decoded text. The **Solver GRPO** baseline spends the same
@@ -40,12 +41,13 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from mass_ref.grpo import clipped_policy_loss, group_advantages
+from mass_ref.grpo import group_advantages
 from mass_ref.lm.amp import check_precision, fp32_scope
 from mass_ref.lm.formats import PromptFormat
 from mass_ref.lm.generate import sample_answers
 from mass_ref.lm.memory import layer_checkpointing
 from mass_ref.lm.models import lora_parameters, require_eager_attention
+from mass_ref.lm.policy_update import GradientAverager, clipped_policy_update
 from mass_ref.lm.practice import (check_practice_kind, parse_practice_completion, practice_is_right, practice_prompt_for,
                                   scorer_context)
 from mass_ref.lm.scorer import LMScorer, scorer_features
@@ -57,9 +59,6 @@ from mass_ref.tasks.verify import is_correct
 
 __all__ = ["LMMassConfig", "completion_logprobs", "layer_checkpointing", "lm_meta_step", "problem_seed",
            "solver_grpo_step"]
-
-GradientAverager = Callable[[Sequence[Tensor]], None]
-"""Averages the ``.grad`` of the given tensors over data-parallel ranks, in place."""
 
 METHODS = ("mass", "solver_grpo")
 OUTER_MODES = ("gold", "verifier")
@@ -230,48 +229,6 @@ def _sample_groups(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts
             for b, prompt in enumerate(prompts)]
 
 
-def _policy_update(model: nn.Module, optimizer: torch.optim.Optimizer, logp_fn: Callable[[slice], Tensor],
-                   advantages: Tensor, config: LMMassConfig, extra_loss: Callable[[], Tensor] | None,
-                   average_gradients: GradientAverager | None) -> float:
-    """``ppo_epochs`` clipped GRPO updates of the LoRA tensors; returns the last epoch's surrogate loss.
-
-    ``logp_fn(s)``: log π_φ of the sequences ``s`` (a slice of the n = len(advantages)), shape ``[len(s)]``.
-    They run ``config.micro_batch_size`` at a time: chunk C contributes (|C| / n) · L_clip(C), a forward
-    and a backward of its own, so Σ_C = L_clip over all n (a mean) and the summed gradient is the full
-    batch's, while only one chunk's activations are alive (:mod:`mass_ref.lm.memory`). π_old is each
-    chunk's own first-epoch log π (detached); γ·L_solve (``extra_loss``) is backpropagated once per epoch.
-    A chunk whose advantages are all 0 (no verifier signal, equal attributions) adds exactly 0 to the loss
-    and to every gradient, so it is not run at all; the optimiser still steps every epoch.
-    """
-    params = list(lora_parameters(model).values())
-    n = advantages.shape[0]
-    size = config.micro_batch_size or n
-    chunks = [slice(start, min(start + size, n)) for start in range(0, n, size)]
-    chunks = [chunk for chunk in chunks if bool(advantages[chunk].any())]  # skipping a zero chunk is exact
-    logp_old: list[Tensor] = []
-    value = 0.0
-    for epoch in range(config.ppo_epochs):
-        grads = [torch.zeros_like(p) for p in params]
-        value = 0.0
-        with layer_checkpointing(model, config.gradient_checkpointing):
-            for i, chunk in enumerate(chunks):
-                logp = logp_fn(chunk)
-                if epoch == 0:  # the policy that sampled: π_old = π_φ before any update, no separate forward pass
-                    logp_old.append(logp.detach())
-                loss = clipped_policy_loss(logp, logp_old[i], advantages[chunk], config.clip_eps) * (len(logp) / n)
-                value += loss.item()
-                grads = [t + g for t, g in zip(grads, torch.autograd.grad(loss, params))]  # φ only, not the base
-            if extra_loss is not None:
-                grads = [t + g for t, g in zip(grads, torch.autograd.grad(extra_loss(), params))]
-        for p, g in zip(params, grads):
-            p.grad = g
-        if average_gradients is not None:
-            average_gradients(params)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return value
-
-
 def lm_meta_step(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -353,13 +310,13 @@ def lm_meta_step(
         flat_prompts = [p for p in prompts for _ in range(m)]
         flat_completions = [c for group in completions for c in group]
         gold = sft_batch(tokenizer, [fmt.solve_pair(p.question, p.solution) for p in problems], add_bos=fmt.add_bos)
-        policy_loss = _policy_update(
+        policy_loss = clipped_policy_update(
             model, optimizers["generator"],
             lambda s: completion_logprobs(model, tokenizer, fmt, flat_prompts[s], flat_completions[s],
                                           device=device),
-            torch.cat(advantages).to(device), config,
-            (lambda: config.gamma_solve * sft_losses_per_example(model, gold.to(device)).mean())
-            if config.gamma_solve > 0 else None, average_gradients)
+            torch.cat(advantages).to(device), **_policy_options(config),
+            extra_loss=(lambda: config.gamma_solve * sft_losses_per_example(model, gold.to(device)).mean())
+            if config.gamma_solve > 0 else None, average_gradients=average_gradients)
     valid_fraction = sum(float(a != config.invalid_advantage) for adv in advantages for a in adv.tolist()) / (m * batch_size)
     return {
         "outer_loss": sum(outer) / len(outer) if outer else float("nan"),
@@ -375,6 +332,12 @@ def _mean_gap(weights: list[float], rights: list[float]) -> float:
     right = [w for w, r in zip(weights, rights) if r]
     wrong = [w for w, r in zip(weights, rights) if not r]
     return sum(right) / len(right) - sum(wrong) / len(wrong) if right and wrong else float("nan")
+
+
+def _policy_options(config: LMMassConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`~mass_ref.lm.policy_update.clipped_policy_update` a config sets."""
+    return dict(ppo_epochs=config.ppo_epochs, clip_eps=config.clip_eps, micro_batch_size=config.micro_batch_size,
+                gradient_checkpointing=config.gradient_checkpointing)
 
 
 def solver_grpo_step(
@@ -401,8 +364,8 @@ def solver_grpo_step(
     rewards = torch.tensor([[float(is_correct(a, p.answer)) for a in group] for p, group in zip(problems, answers)])
     flat_prompts = [p for p in prompts for _ in range(config.num_answers)]
     flat_answers = [a for group in answers for a in group]
-    policy_loss = _policy_update(
+    policy_loss = clipped_policy_update(
         model, optimizers["generator"],
         lambda s: completion_logprobs(model, tokenizer, fmt, flat_prompts[s], flat_answers[s], device=device),
-        group_advantages(rewards).flatten().to(device), config, None, average_gradients)
+        group_advantages(rewards).flatten().to(device), **_policy_options(config), average_gradients=average_gradients)
     return {"answer_pass_rate": rewards.mean().item(), "policy_loss": policy_loss}
