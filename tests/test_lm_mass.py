@@ -656,3 +656,14 @@ def test_micro_batched_policy_updates_have_the_full_batchs_gradient_and_steps(pe
         finals.append(lora_parameters(model))
     for name, tensor in finals[0].items():
         torch.testing.assert_close(finals[1][name], tensor, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("update_rows", [0, 2.5, True])
+def test_evaluation_refuses_a_bad_update_rows_before_any_work(tmp_path, update_rows) -> None:
+    from mass_ref.lm import evaluate_lm_methods
+
+    # no model, tokenizer or format: the check must come before anything touches them
+    with pytest.raises(ValueError, match=r"update_rows must be an integer >= 1 \(examples per update pass\); got"):
+        evaluate_lm_methods(None, None, None, SMALL, SPEC, methods=["base"], seed=0, steps=0, output_dir=tmp_path,
+                            n_problems=2, num_examples=2, update_rows=update_rows)
+    assert list(tmp_path.iterdir()) == []
