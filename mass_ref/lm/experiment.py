@@ -259,7 +259,8 @@ def _finished_checkpoint(output_dir: Path, method: str, seed: int, steps: int) -
     return state
 
 
-def load_trained_state(model: nn.Module, output_dir: Path, method: str, seed: int, steps: int) -> LMScorer | None:
+def load_trained_state(model: nn.Module, output_dir: str | Path, method: str, seed: int,
+                       steps: int) -> LMScorer | None:
     """Load a finished run's LoRA tensors into ``model`` (in place); return its scorer (None if it has none).
 
     The run is ``checkpoint_path(output_dir, method, seed)`` and must have taken ``steps`` meta-steps.
