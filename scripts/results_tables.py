@@ -123,13 +123,16 @@ def _lm_tables(prefix: str, caption: str) -> tuple[Table, Table]:
                               ci(f"{prefix}gold_loss_{a}_minus_{b}", "+.3f"), what) for a, b, what in PAIRS)))
 
 
+# quantity rows that chapter 5's tiny LM and the SmolLM2 run share
+def _related_room_row(prefix: str) -> tuple[str, str]:
+    return ("related practice: oracle right-only − TT-SS, both on related problems",
+            ci(f"{prefix}acc_oracle_right_only_related_minus_tt_ss_related", "+.2f"))
 
-def _related_and_scorer_rows(prefix: str) -> tuple[tuple[str, str], tuple[str, str]]:
-    """The quantity rows chapter 5's tiny LM and the SmolLM2 run share: related practice's room, the scorers' AUC."""
-    return (("related practice: oracle right-only − TT-SS, both on related problems",
-             ci(f"{prefix}acc_oracle_right_only_related_minus_tt_ss_related", "+.2f")),
-            ("scorer AUC, right vs wrong attempts: MASS / MASS_gold",
-             f"{{{prefix}scorer_auc_mass:.2f}} / {{{prefix}scorer_auc_mass_gold:.2f}}"))
+
+def _scorer_auc_row(prefix: str) -> tuple[str, str]:
+    return ("scorer AUC, right vs wrong attempts: MASS / MASS_gold",
+            f"{{{prefix}scorer_auc_mass:.2f}} / {{{prefix}scorer_auc_mass_gold:.2f}}")
+
 
 TABLES: dict[str, tuple[Table, ...]] = {
     "01_maml_sine": (
@@ -211,9 +214,9 @@ TABLES: dict[str, tuple[Table, ...]] = {
         *_lm_tables("tiny_", "Tiny LM; {tiny_n_problems} held-out problems over {tiny_n_seeds} seeds, {meta_steps} "
                     "meta-steps per method and seed; mean ± 95% CI."),
         Table(header=("quantity", "value"),
-              rows=(_related_and_scorer_rows("tiny_")[0],
+              rows=(_related_room_row("tiny_"),
                     ("Solver GRPO − TT-SS (no practice at all)", ci("tiny_acc_solver_grpo_minus_tt_ss", "+.2f")),
-                    _related_and_scorer_rows("tiny_")[1],
+                    _scorer_auc_row("tiny_"),
                     ("targets met", "{tiny_targets_met}"),
                     ("meta-step time over a LoRA SFT step: tiny LM / SmolLM2-135M",
                      "{tiny_meta_step_over_sft_step_time_ratio:.1f}× / "
@@ -245,10 +248,10 @@ TABLES: dict[str, tuple[Table, ...]] = {
                         "meta-steps per method; mean ± 95% CI."),
         Table(header=("quantity", "value"),
               rows=(("TT-SS on related problems the model wrote (paper's practice)", ci("acc_tt_ss_related", ".2f")),
-                    _related_and_scorer_rows("")[0],
+                    _related_room_row(""),
                     ("related gold (ceiling) − TT-SS: accuracy / gold loss",
                      f"{ci('acc_related_gold_minus_tt_ss', '+.2f')} / {ci('gold_loss_related_gold_minus_tt_ss', '+.3f')}"),
-                    _related_and_scorer_rows("")[1])),
+                    _scorer_auc_row(""))),
     ),
     "07_mass_gpu": (
         Table(caption="Device {device}, model `{model}`, {train_data} → {test_data}, {n_problems} problems, "
